@@ -1,0 +1,19 @@
+"""Integer kernels of I-BERT: Triton kernels with exact pure-PyTorch references.
+
+Each op takes `backend="auto" | "triton" | "torch"`: auto runs Triton on CUDA tensors and the reference
+elsewhere; tests run Triton on the CPU through the interpreter (TRITON_INTERPRET=1, set before import).
+
+This package deliberately defines no `__version__`: transformers probes for an unrelated package that is
+also imported as `kernels` (`is_kernels_available()`), and must not mistake this one for it.
+"""
+from kernels._utils import set_compile
+from kernels.gelu import gelu, gelu_params
+from kernels.gemm import int8_bmm, int8_matmul
+from kernels.layernorm import layernorm, layernorm_params
+from kernels.requant import dyadic, requantize
+from kernels.softmax import softmax, softmax_params
+
+__all__ = [
+    "dyadic", "requantize", "int8_matmul", "int8_bmm", "gelu", "gelu_params", "softmax", "softmax_params",
+    "layernorm", "layernorm_params", "set_compile",
+]

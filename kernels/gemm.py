@@ -1,0 +1,214 @@
+"""int8 x int8 -> int32 matrix products with a fused epilogue: bias, dyadic requantization, residual add.
+
+`int8_matmul` serves the linear layers (activations [M, K] times weights [N, K]); `int8_bmm` serves attention
+(`Q K^T`, and `P V` with the 0..255 softmax output `P` as uint8, computed as `(P - 128) V + 128 colsum(V)`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._utils import (
+    check_bits,
+    check_multiplier,
+    check_same_device,
+    check_tensor,
+    maybe_compiled,
+    out_dtype,
+    qmax,
+    resolve_backend,
+    rshift_round,
+)
+from kernels.requant import requantize_reference
+from kernels.tuning import gemm_config
+
+
+@triton.jit
+def _int8_gemm_kernel(
+    a_ptr,  # [B, M, K] int8, or uint8 when A_UNSIGNED
+    b_ptr,  # [B, N, K] int8 (any strides)
+    c_ptr,  # [B, M, N] int32, or int8/int32 when REQUANT
+    bias_ptr,  # [N] int32
+    m_ptr, e_ptr,  # [N] (PER_CHANNEL) or [1] int32
+    r_ptr,  # [M, N] residual, any int dtype, row-major
+    mr_ptr, er_ptr,  # [1] int32
+    M, N, K,
+    stride_ab, stride_am, stride_ak,
+    stride_bb, stride_bn, stride_bk,
+    stride_cb, stride_cm, stride_cn,
+    QMAX: tl.constexpr,
+    HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, PER_CHANNEL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, A_UNSIGNED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Grouped ordering: GROUP_M row-blocks share each column-block of B while it is in L2.
+    group_size = GROUP_M * num_pid_n
+    first_m = (pid // group_size) * GROUP_M
+    rows_in_group = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_size) % rows_in_group
+    pid_n = (pid % group_size) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + batch * stride_ab + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + batch * stride_bb + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    b_colsum = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0)
+        b = tl.load(b_ptrs, mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_left), other=0)
+        if A_UNSIGNED:
+            a = (a.to(tl.int32) - 128).to(tl.int8)
+            b_colsum += tl.sum(b.to(tl.int32), axis=0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    if A_UNSIGNED:
+        acc += 128 * b_colsum[None, :]
+
+    mask_n = offs_n < N
+    mask_c = (offs_m[:, None] < M) & mask_n[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0)[None, :]
+    if REQUANT:
+        if PER_CHANNEL:
+            m = tl.load(m_ptr + offs_n, mask=mask_n, other=0)[None, :]
+            e = tl.load(e_ptr + offs_n, mask=mask_n, other=0)[None, :]
+        else:
+            m = tl.load(m_ptr)
+            e = tl.load(e_ptr)
+        y = rshift_round(acc.to(tl.int64) * m.to(tl.int64), e.to(tl.int64))
+        if HAS_RESIDUAL:
+            r = tl.load(r_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask_c, other=0)
+            y += rshift_round(r.to(tl.int64) * tl.load(mr_ptr).to(tl.int64), tl.load(er_ptr).to(tl.int64))
+        out = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+    else:
+        out = acc
+    c_ptrs = c_ptr + batch * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_c)
+
+
+def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config):
+    """a: [B, M, K], b: [B, N, K] (any strides) -> [B, M, N]."""
+    B, M, K = a.shape
+    N = b.shape[1]
+    requant = m is not None
+    c = torch.empty((B, M, N), dtype=out_dtype(bits) if requant else torch.int32, device=a.device)
+    cfg = dict(config) if config is not None else gemm_config(M, N, K, a.device)
+    num_warps, num_stages = cfg.pop("num_warps", 4), cfg.pop("num_stages", 3)
+    dummy = c
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), B)
+    _int8_gemm_kernel[grid](
+        a, b, c,
+        bias if bias is not None else dummy,
+        m if requant else dummy, e if requant else dummy,
+        residual if residual is not None else dummy,
+        m_res if residual is not None else dummy, e_res if residual is not None else dummy,
+        M, N, K,
+        *a.stride(), *b.stride(), *c.stride(),
+        QMAX=qmax(bits) if requant else 0,
+        HAS_BIAS=bias is not None, REQUANT=requant, PER_CHANNEL=requant and m.numel() > 1,
+        HAS_RESIDUAL=residual is not None, A_UNSIGNED=a.dtype == torch.uint8,
+        num_warps=num_warps, num_stages=num_stages, **cfg,
+    )
+    return c
+
+
+def _matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact int32 products: a [M, K] int8, b [N, K] int8 -> [M, N]; `_int_mm` wants b as a [K, N] view."""
+    return torch._int_mm(a, b.t())
+
+
+def _bmm_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [B, M, K] int8/uint8, b [B, N, K] int8 -> [B, M, N] int32 (exact integer matmul)."""
+    return torch.matmul(a.to(torch.int32), b.to(torch.int32).transpose(-1, -2))
+
+
+def _epilogue_reference(acc, bias, m, e, bits, residual, m_res, e_res):
+    if bias is not None:
+        acc = acc + bias
+    if m is None:
+        return acc
+    return requantize_reference(acc, m, e, bits, residual, m_res, e_res)
+
+
+_epilogue_torch = maybe_compiled(_epilogue_reference)
+
+
+def _check_epilogue(n, bias, m, e, bits, residual, m_res, e_res, out_shape):
+    if bias is not None:
+        check_tensor("bias", bias, (torch.int32,), 1)
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have {n} elements (one per output channel), got {bias.shape[0]}")
+    if (m is None) != (e is None):
+        raise ValueError("requantization needs both m and e")
+    if m is not None:
+        check_bits(bits)
+        check_multiplier(m, e, n)
+    if residual is not None:
+        if m is None:
+            raise ValueError("a residual can only be added in a requantizing epilogue (give m and e)")
+        check_tensor("residual", residual, (torch.int8, torch.int32))
+        if tuple(residual.shape) != tuple(out_shape):
+            raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out_shape)}")
+        if m_res is None or e_res is None:
+            raise ValueError("residual needs its multiplier m_res and shift e_res")
+        check_multiplier(m_res, e_res, 1)
+
+
+def int8_matmul(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+    m: torch.Tensor | None = None, e: torch.Tensor | None = None, bits: int = 8,
+    residual: torch.Tensor | None = None, m_res: torch.Tensor | None = None, e_res: torch.Tensor | None = None,
+    backend: str = "auto", config: dict | None = None,
+) -> torch.Tensor:
+    """`a @ b.T (+ bias)` in exact integers, optionally requantized in the same kernel.
+
+    a: [M, K] int8 activations; b: [N, K] int8 weights (a linear layer's layout); bias: [N] int32.
+    m, e: dyadic multiplier (int32, [1] or [N]); given, the output is
+        clamp(round((a @ b.T + bias) * m / 2**e) [+ round(residual * m_res / 2**e_res)]) on `bits` bits,
+    int8 for bits <= 8 else int32; without them the output is the int32 accumulator (+ bias).
+    residual: [M, N] int8/int32, added with its own per-tensor multiplier (m_res, e_res).
+    config: Triton tile configuration (BLOCK_M/N/K, GROUP_M, num_warps, num_stages); default from `tuning`.
+    """
+    check_tensor("a", a, (torch.int8,), 2)
+    check_tensor("b", b, (torch.int8,), 2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} (b is [N, K])")
+    M, N = a.shape[0], b.shape[0]
+    _check_epilogue(N, bias, m, e, bits, residual, m_res, e_res, (M, N))
+    check_same_device(a=a, b=b, bias=bias, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
+    if resolve_backend(backend, a) == "torch":
+        return _epilogue_torch(_matmul_reference(a, b), bias, m, e, bits, residual, m_res, e_res)
+    if residual is not None and not residual.is_contiguous():
+        raise ValueError("the Triton epilogue needs a contiguous residual")
+    return _gemm_triton(a[None], b[None], bias, m, e, bits, residual, m_res, e_res, config)[0]
+
+
+def int8_bmm(
+    a: torch.Tensor, b: torch.Tensor, m: torch.Tensor | None = None, e: torch.Tensor | None = None,
+    bits: int = 8, backend: str = "auto", config: dict | None = None,
+) -> torch.Tensor:
+    """Batched `a @ b.transpose(-1, -2)` in exact integers, optionally requantized per tensor.
+
+    a: [B, M, K] int8, or uint8 (the 0..255 softmax output); b: [B, N, K] int8, any strides
+    (pass `v.transpose(-1, -2)` for `P @ V`). m, e: per-tensor dyadic multiplier ([1] int32).
+    Returns [B, M, N]: int32 accumulators, or `bits`-bit integers when m, e are given.
+    """
+    check_tensor("a", a, (torch.int8, torch.uint8), 3)
+    check_tensor("b", b, (torch.int8,), 3)
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        raise ValueError(f"shapes do not match: a is {tuple(a.shape)} [B, M, K], b is {tuple(b.shape)} [B, N, K]")
+    _check_epilogue(1, None, m, e, bits, None, None, None, None)
+    check_same_device(a=a, b=b, m=m, e=e)
+    if resolve_backend(backend, a) == "torch":
+        return _epilogue_torch(_bmm_reference(a, b), None, m, e, bits, None, None, None)
+    return _gemm_triton(a, b, None, m, e, bits, None, None, None, config)

@@ -1,0 +1,155 @@
+"""Integer-only LayerNorm (I-BERT, section 3.5): integer mean and variance, Newton integer square root,
+one integer division per row, gamma and beta applied in the output requantization.
+
+Per row: y = N x - sum(x) (that is N (x - mean), exact: no rounded mean); a signed shift sh = max(bitlen(max|y|) - 15, -14) brings |y| to 15 bits for the
+variance (exact in int64, and precise for small rows too); std = isqrt(var + eps) (at least 1, so a constant
+row gives beta, not NaN); the normalised value y * floor(2**30 / std) >> (sh + 14) has scale 2**-16;
+then out = round(norm * m_c / 2**e_c) + beta_c.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._utils import (
+    bit_length,
+    bit_length_reference,
+    check_bits,
+    check_multiplier,
+    check_same_device,
+    check_tensor,
+    maybe_compiled,
+    out_dtype,
+    qmax,
+    resolve_backend,
+    rshift_round,
+    rshift_round_reference,
+)
+from kernels.requant import dyadic
+
+NORM_BITS = 16  # the normalised value has scale 2**-NORM_BITS
+VAR_BITS = 15  # |y| is shifted to VAR_BITS bits for the sum of squares
+MIN_SHIFT = NORM_BITS - 30  # keeps the final shift sh + 30 - NORM_BITS >= 0
+NEWTON_STEPS = 6  # from a start within 2x of the root, exact for inputs below 2**62
+
+
+def layernorm_params(
+    in_scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, out_scale: torch.Tensor,
+    bits: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer constants of i-LayerNorm.
+
+    in_scale, out_scale: float, one element; weight (gamma), bias (beta): float [N]; eps as in nn.LayerNorm.
+    Returns eps_int: int64 [1] (eps in units of (in_scale / N)**2, N = weight.numel()), m, e: int32 [N] (gamma / (2**16 out_scale)),
+    beta_int: int32 [N] (beta / out_scale, rounded and saturated to `bits` bits).
+    """
+    s_in = in_scale.double().reshape(1)
+    eps_int = torch.floor(eps * weight.numel() ** 2 / s_in**2).clamp(max=2.0**62).long()
+    m, e = dyadic(weight.double() / (2.0**NORM_BITS * out_scale.double().reshape(1)))
+    beta_int = torch.round(bias.double() / out_scale.double().reshape(1)).clamp(-qmax(bits), qmax(bits)).int()
+    return eps_int, m, e, beta_int
+
+
+def isqrt_reference(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) of int64 0 <= n < 2**62 by Newton's method from a power of two above the root."""
+    n = n.clamp(min=1)
+    x = torch.ones_like(n) << ((bit_length_reference(n) + 1) >> 1)
+    for _ in range(NEWTON_STEPS):
+        x = torch.minimum(x, (x + n // x) >> 1)
+    return x
+
+
+def layernorm_reference(x, eps_int, m, e, beta_int, bits):
+    n = x.shape[-1]
+    x = x.long()
+    y = x * n - x.sum(-1, keepdim=True)
+    sh = (bit_length_reference(y.abs().amax(-1, keepdim=True)) - VAR_BITS).clamp(min=MIN_SHIFT)
+    ys = torch.where(sh >= 0, y >> sh.clamp(min=0), y << (-sh).clamp(min=0))
+    var = (ys * ys).sum(-1, keepdim=True) // n
+    up = (-2 * sh).clamp(min=0)
+    eps_row = torch.where(sh >= 0, eps_int >> (2 * sh).clamp(min=0, max=62), torch.minimum(eps_int, 2**61 >> up) << up)
+    std = isqrt_reference(var + eps_row)
+    norm = (y * ((1 << 30) // std)) >> (sh + 30 - NORM_BITS)
+    q = qmax(bits)
+    out = rshift_round_reference(norm * m.long(), e.long()) + beta_int.long()
+    return out.clamp(-q, q).to(out_dtype(bits))
+
+
+_layernorm_torch = maybe_compiled(layernorm_reference)
+
+
+@triton.jit
+def _isqrt(n):
+    """floor(sqrt(n)) for int64 1 <= n < 2**62."""
+    x = (tl.zeros_like(n) + 1) << ((bit_length(n, 62) + 1) >> 1)
+    for _ in tl.static_range(6):
+        x = tl.minimum(x, (x + n // x) >> 1)
+    return x
+
+
+@triton.jit
+def _layernorm_kernel(
+    x_ptr,  # [R, N] int32
+    eps_ptr,  # [1] int64
+    m_ptr, e_ptr, beta_ptr,  # [N] int32
+    y_ptr,  # [R, N] int8 / int32
+    N,
+    QMAX: tl.constexpr, VAR_BITS_: tl.constexpr, MIN_SHIFT_: tl.constexpr, NORM_BITS_: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_N)
+    valid = offs < N
+    x = tl.load(x_ptr + row * N + offs, mask=valid, other=0).to(tl.int64)
+    y = tl.where(valid, x * N - tl.sum(x, axis=0), 0)
+    sh = tl.maximum(bit_length(tl.max(tl.abs(y), axis=0), 50) - VAR_BITS_, MIN_SHIFT_)
+    down = tl.maximum(sh, 0)
+    up = tl.maximum(-sh, 0)
+    ys = (y >> down) << up
+    var = tl.sum(ys * ys, axis=0) // N
+    eps = tl.load(eps_ptr)
+    eps_row = tl.where(sh >= 0, eps >> tl.minimum(2 * down, 62), tl.minimum(eps, (1 << 61) >> (2 * up)) << (2 * up))
+    std = _isqrt(tl.maximum(var + eps_row, 1))
+    norm = (y * ((1 << 30) // std)) >> (sh + 30 - NORM_BITS_)
+    m = tl.load(m_ptr + offs, mask=valid, other=0).to(tl.int64)
+    e = tl.load(e_ptr + offs, mask=valid, other=0).to(tl.int64)
+    beta = tl.load(beta_ptr + offs, mask=valid, other=0).to(tl.int64)
+    out = rshift_round(norm * m, e) + beta
+    out = tl.minimum(tl.maximum(out, -QMAX), QMAX)
+    tl.store(y_ptr + row * N + offs, out.to(y_ptr.dtype.element_ty), mask=valid)
+
+
+def layernorm(
+    x: torch.Tensor, eps_int: torch.Tensor, m: torch.Tensor, e: torch.Tensor, beta_int: torch.Tensor,
+    bits: int = 8, backend: str = "auto",
+) -> torch.Tensor:
+    """Integer-only LayerNorm over the last dimension.
+
+    x: [..., N] int32 (e.g. the 22-bit residual sum), per-tensor scale s_in.
+    eps_int, m, e, beta_int: from `layernorm_params(s_in, gamma, beta, eps, s_out, bits)`.
+    Returns [..., N] of scale s_out on `bits` bits (int8 for bits <= 8, else int32).
+    """
+    check_tensor("x", x, (torch.int32,))
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    n = x.shape[-1]
+    if n >= 2**16:
+        raise ValueError(f"layernorm rows must be shorter than 65536, got {n}")
+    check_bits(bits)
+    check_tensor("eps_int", eps_int, (torch.int64,))
+    check_multiplier(m, e, n)
+    check_tensor("beta_int", beta_int, (torch.int32,), 1)
+    if m.numel() != n or beta_int.numel() != n:
+        raise ValueError(f"m, e and beta_int must have one element per channel ({n})")
+    check_same_device(x=x, eps_int=eps_int, m=m, e=e, beta_int=beta_int)
+    if resolve_backend(backend, x) == "torch":
+        return _layernorm_torch(x, eps_int, m, e, beta_int, bits)
+    x = x.contiguous()
+    y = torch.empty(x.shape, dtype=out_dtype(bits), device=x.device)
+    rows = x.numel() // n
+    _layernorm_kernel[(rows,)](
+        x, eps_int, m, e, beta_int, y, n,
+        QMAX=qmax(bits), VAR_BITS_=VAR_BITS, MIN_SHIFT_=MIN_SHIFT, NORM_BITS_=NORM_BITS, BLOCK_N=triton.next_power_of_2(n),
+    )
+    return y

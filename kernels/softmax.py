@@ -1,0 +1,139 @@
+"""i-softmax (I-BERT, Algorithm 3) over the last dimension, integer in, unsigned `out_bits`-bit out.
+
+exp(x) for x <= 0: x = -z ln2 + p, p in (-ln2, 0], exp(p) ~= 0.3585 (p + 1.353)^2 + 0.344, then a right shift
+by z (the paper's form; no 60-bit intermediates). The exps are shifted to about 15 bits before the row sum,
+so that the sum, the one division per row and the normalisation all stay below 2**31.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled, resolve_backend
+
+EXP_COEF = (0.35815147, 0.96963238, 1.0)  # exp(p) ~= c0 p^2 + c1 p + c2 on (-ln2, 0]
+EXP_BITS = 15  # exps are shifted to about this many bits before the row sum
+MAX_Z = 30  # exp(x) for x < -30 ln2 is 0 at every output width
+NUM_PARAMS = 4
+MAX_SCALE = math.log(2.0) / 8
+
+
+def softmax_params(scale: torch.Tensor) -> torch.Tensor:
+    """Integer constants of i-softmax for a per-tensor input scale.
+
+    scale: float tensor [] or [1], in (0, ln2 / 8]: at least 8 integer steps per ln2, so that the polynomial
+    means something and every row's largest exp is positive.
+    Returns int64 [4]: ln2 step x0 (< 0), polynomial b and c, exp shift.
+    """
+    if not scale.is_floating_point() or scale.numel() != 1:
+        raise TypeError(f"scale must be a float tensor of one element, got {scale.dtype} {tuple(scale.shape)}")
+    s = scale.double().reshape(1)
+    if not 0 < s.item() <= MAX_SCALE:
+        raise ValueError(f"softmax input scale must be in (0, ln2/8 = {MAX_SCALE:.4f}], got {s.item():g}")
+    x0 = torch.floor(-math.log(2.0) / s)
+    b = torch.floor(EXP_COEF[1] / EXP_COEF[0] / s)
+    c = torch.floor(EXP_COEF[2] / EXP_COEF[0] / s**2)
+    shift = (torch.frexp(c)[1].long() - EXP_BITS).clamp(min=0)
+    return torch.cat([x0.long(), b.long(), c.long(), shift])
+
+
+def exp_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Scale of the integer exps that `int_exp_reference` returns."""
+    shift = softmax_params(scale)[3]
+    return EXP_COEF[0] * scale.double().reshape(1) ** 2 * 2.0 ** shift.double()
+
+
+def int_exp_reference(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """exp of integers x <= 0 (int64) -> int64 of scale `exp_scale`."""
+    x0, b, c, shift = params
+    x = torch.maximum(x, MAX_Z * x0)
+    z = x // x0
+    p = x - z * x0
+    poly = (p + b) * p + c
+    return poly >> (z + shift).clamp(max=62)
+
+
+def softmax_reference(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None, out_bits: int) -> torch.Tensor:
+    y = x.long()
+    if mask is not None:
+        y = y + mask.long().reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
+    y = y - y.amax(dim=-1, keepdim=True)
+    ex = int_exp_reference(y, params)
+    factor = (2**31 - 1) // ex.sum(dim=-1, keepdim=True)
+    return ((ex * factor) >> (31 - out_bits)).to(torch.uint8 if out_bits <= 8 else torch.int32)
+
+
+_softmax_torch = maybe_compiled(softmax_reference)
+
+
+@triton.jit
+def _softmax_kernel(
+    x_ptr,  # [R, S] int32
+    mask_ptr,  # [B, S] int32 additive, row r uses mask row r // ROWS_PER_BATCH
+    p_ptr,  # [4] int64
+    y_ptr,  # [R, S] uint8 / int32
+    S, rows_per_batch,
+    HAS_MASK: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_S)
+    valid = offs < S
+    x = tl.load(x_ptr + row * S + offs, mask=valid, other=0).to(tl.int64)
+    if HAS_MASK:
+        x += tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0).to(tl.int64)
+    x = tl.where(valid, x, -(1 << 62))
+    x = x - tl.max(x, axis=0)
+    x0 = tl.load(p_ptr)
+    b = tl.load(p_ptr + 1)
+    c = tl.load(p_ptr + 2)
+    shift = tl.load(p_ptr + 3)
+    x = tl.maximum(x, MAX_Z_ * x0)
+    z = x // x0  # both <= 0 and x0 < 0: truncation is the floor here
+    p = x - z * x0
+    ex = ((p + b) * p + c) >> tl.minimum(z + shift, 62)
+    ex = tl.where(valid, ex, 0)
+    factor = (2**31 - 1) // tl.sum(ex, axis=0)
+    y = (ex * factor) >> (31 - OUT_BITS)
+    tl.store(y_ptr + row * S + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
+
+
+def softmax(
+    x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None = None, out_bits: int = 8,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Integer-only softmax over the last dimension.
+
+    x: [B, ..., S] int32 scores of scale s; params: int64 [4] from `softmax_params(s)`.
+    mask: optional [B, S] int32 added to the scores of every row of batch b (0 to keep, a large negative
+        integer such as -2**30 to mask a key). A row whose keys are all masked comes out uniform.
+    Returns [B, ..., S] of scale 2**-out_bits: uint8 for out_bits <= 8 (0..255 for 8), else int32.
+    Every intermediate stays below 2**63 for any int32 input; the row sum below 2**31 for S < 2**16.
+    """
+    check_tensor("x", x, (torch.int32,))
+    if x.dim() < 2:
+        raise ValueError(f"x must have at least 2 dimensions [B, ..., S], got shape {tuple(x.shape)}")
+    check_tensor("params", params, (torch.int64,), 1)
+    if params.numel() != NUM_PARAMS:
+        raise ValueError(f"params must have {NUM_PARAMS} elements (from softmax_params), got {params.numel()}")
+    check_bits(out_bits, 2, 16)
+    S = x.shape[-1]
+    if S >= 2**16:
+        raise ValueError(f"softmax rows must be shorter than 65536, got {S}")
+    if mask is not None:
+        check_tensor("mask", mask, (torch.int32,), 2)
+        if tuple(mask.shape) != (x.shape[0], S):
+            raise ValueError(f"mask must be [B, S] = {(x.shape[0], S)}, got {tuple(mask.shape)}")
+    check_same_device(x=x, params=params, mask=mask)
+    if resolve_backend(backend, x) == "torch":
+        return _softmax_torch(x, params, mask, out_bits)
+    x = x.contiguous()
+    y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)
+    rows = x.numel() // S
+    _softmax_kernel[(rows,)](
+        x, mask.contiguous() if mask is not None else x, params, y, S, max(rows // x.shape[0], 1),
+        HAS_MASK=mask is not None, OUT_BITS=out_bits, MAX_Z_=MAX_Z, BLOCK_S=triton.next_power_of_2(S),
+    )
+    return y
