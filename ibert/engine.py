@@ -1,0 +1,372 @@
+"""The integer-only engine: a trained fake-quant model converted once into int8 weights, int32 biases,
+dyadic multipliers and integer constants, running through `kernels` with no float op between the embedding
+lookup and the task head.
+
+    engine = convert_to_integer(model)        # model: any IBert* class, quant_mode=True, calibrated
+    engine(input_ids=..., attention_mask=...) # same outputs as the model's, from integers
+    save_integer(engine, "dir"); load_integer("dir")
+
+The task heads (pooler, classifiers, LM head) stay in float: they read the dequantized last hidden state.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+import kernels
+from ibert import modeling
+from ibert.configuration import IBertConfig
+from ibert.quant import IntSoftmax, QuantAct, QuantLinear, qmax
+
+FORMAT = "ibert-integer-engine"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "integer_model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _int_weight(linear: QuantLinear | nn.Embedding, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    s = scale.reshape(-1, 1)
+    return torch.clamp(torch.round(linear.weight.detach() / s), -qmax(bits), qmax(bits)).to(torch.int8)
+
+
+def _int_bias(linear: QuantLinear, s_acc: torch.Tensor) -> torch.Tensor:
+    return linear.bias_int(s_acc).detach().round().to(torch.int32)
+
+
+class _Requant(nn.Module):
+    """A dyadic multiplier (m, e) as buffers."""
+
+    def __init__(self, n: int = 1):
+        super().__init__()
+        self.register_buffer("m", torch.zeros(n, dtype=torch.int32))
+        self.register_buffer("e", torch.zeros(n, dtype=torch.int32))
+
+    def set(self, m: torch.Tensor, e: torch.Tensor) -> "_Requant":
+        self.m, self.e = m.reshape(-1).clone(), e.reshape(-1).clone()
+        return self
+
+
+class _IntLinear(nn.Module):
+    """int8 weight [N, K], int32 bias [N] and the output requantization (per channel)."""
+
+    def __init__(self, n: int, k: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(n, k, dtype=torch.int8))
+        self.register_buffer("bias", torch.zeros(n, dtype=torch.int32))
+        self.out = _Requant(n)
+
+    def set(self, linear: QuantLinear, s_x: torch.Tensor, act: QuantAct) -> torch.Tensor:
+        """Fill from a fake-quant linear fed at scale s_x and requantized by `act`; return act's scale."""
+        s_acc = linear.acc_scale(s_x)
+        self.weight = _int_weight(linear, linear.weight_scale(), linear.bits)
+        self.bias = _int_bias(linear, s_acc)
+        self.out.set(*act.multiplier(s_acc))
+        return act.scale()
+
+
+class _IntLayerNorm(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("eps", torch.zeros(1, dtype=torch.int64))
+        self.register_buffer("beta", torch.zeros(n, dtype=torch.int32))
+        self.out = _Requant(n)
+
+    def set(self, ln, s_in: torch.Tensor, act: QuantAct) -> torch.Tensor:
+        s_out = act.scale()
+        eps, m, e, beta = ln.params(s_in, s_out, act.bits)
+        self.eps, self.beta = eps.reshape(1).clone(), beta.clone()
+        self.out.set(m, e)
+        return s_out
+
+    def forward(self, x: torch.Tensor, bits: int, backend: str) -> torch.Tensor:
+        return kernels.layernorm(x, self.eps, self.out.m, self.out.e, self.beta, bits, backend=backend)
+
+
+class IntegerLayer(nn.Module):
+    def __init__(self, config: IBertConfig):
+        super().__init__()
+        H, I = config.hidden_size, config.intermediate_size
+        self.heads, self.bits, self.ln_bits = config.num_attention_heads, config.act_bits, config.ln_input_bits
+        self.softmax_bits, self.gelu_input_bits = config.softmax_bits, config.gelu_input_bits
+        self.qkv = _IntLinear(3 * H, H)
+        self.register_buffer("softmax_params", torch.zeros(4, dtype=torch.int64))
+        self.ctx_out = _Requant()
+        self.attn_dense = _IntLinear(H, H)
+        self.attn_residual = _Requant()
+        self.attn_ln = _IntLayerNorm(H)
+        self.ffn_in = _IntLinear(I, H)
+        self.register_buffer("gelu_params", torch.zeros(4, 1, dtype=torch.int64))
+        self.gelu_out = _Requant()
+        self.ffn_out = _IntLinear(H, I)
+        self.ffn_residual = _Requant()
+        self.ffn_ln = _IntLayerNorm(H)
+
+    @torch.no_grad()
+    def set(self, layer: modeling.IBertLayer, s_x: torch.Tensor) -> torch.Tensor:
+        """Fill from a fake-quant layer whose input has scale s_x; return the output scale."""
+        att, so = layer.attention.self, layer.attention.output
+        scales = []
+        w, b, m, e = [], [], [], []
+        for lin, act in ((att.query, att.query_activation), (att.key, att.key_activation),
+                         (att.value, att.value_activation)):
+            part = _IntLinear(*lin.weight.shape)
+            scales.append(part.set(lin, s_x, act))
+            w.append(part.weight), b.append(part.bias), m.append(part.out.m), e.append(part.out.e)
+        self.qkv.weight, self.qkv.bias = torch.cat(w), torch.cat(b)
+        self.qkv.out.set(torch.cat(m), torch.cat(e))
+        s_q, s_k, s_v = scales
+        s_scores = s_q * s_k / math.sqrt(att.head_size)  # as in IBertSelfAttention.forward
+        self.softmax_params = kernels.softmax_params(s_scores)
+        s_p = torch.full((1,), 2.0**-att.softmax.bits, device=s_x.device)
+        self.ctx_out.set(*att.output_activation.multiplier(s_p * s_v))
+        s_ctx = att.output_activation.scale()
+        s_a = self._set_output(so, s_ctx, s_x, self.attn_dense, self.attn_residual, self.attn_ln)
+        inter = layer.intermediate
+        s16 = self.ffn_in.set(inter.dense, s_a, inter.gelu_input_act)
+        self.gelu_params, s_g = kernels.gelu_params(s16)
+        self.gelu_out.set(*inter.output_activation.multiplier(s_g))
+        s_g8 = inter.output_activation.scale()
+        return self._set_output(layer.output, s_g8, s_a, self.ffn_out, self.ffn_residual, self.ffn_ln)
+
+    @staticmethod
+    def _set_output(block: modeling.IBertSelfOutput, s_in, s_res, dense: _IntLinear, residual: _Requant,
+                    ln: _IntLayerNorm) -> torch.Tensor:
+        s22 = dense.set(block.dense, s_in, block.ln_input_act)
+        residual.set(*block.ln_input_act.multiplier(s_res))
+        return ln.set(block.LayerNorm, s22, block.output_activation)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, head_mask: torch.Tensor | None, backend: str):
+        """x: [B, S, H] int8; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
+        Returns [B, S, H] int8 and the attention probabilities [B, heads, S, S] uint8."""
+        B, S, H = x.shape
+        nh, d = self.heads, H // self.heads
+        x2 = x.reshape(B * S, H)
+        qkv = kernels.int8_matmul(x2, self.qkv.weight, self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,
+                                  backend=backend)
+        q, k, v = qkv.view(B, S, 3, nh, d).permute(2, 0, 3, 1, 4).reshape(3, B * nh, S, d).unbind(0)
+        scores = kernels.int8_bmm(q.contiguous(), k.contiguous(), backend=backend)
+        probs = kernels.softmax(scores.view(B, nh, S, S), self.softmax_params, mask, self.softmax_bits,
+                                backend=backend)
+        if head_mask is not None:
+            probs = probs * head_mask.view(1, nh, 1, 1)
+        ctx = kernels.int8_bmm(probs.view(B * nh, S, S), v.contiguous().transpose(1, 2), self.ctx_out.m,
+                               self.ctx_out.e, self.bits, backend=backend)
+        ctx = ctx.view(B, nh, S, d).transpose(1, 2).reshape(B * S, H)
+        y = kernels.int8_matmul(ctx, self.attn_dense.weight, self.attn_dense.bias, self.attn_dense.out.m,
+                                self.attn_dense.out.e, self.ln_bits, x2, self.attn_residual.m, self.attn_residual.e,
+                                backend=backend)
+        a = self.attn_ln(y, self.bits, backend)
+        h = kernels.int8_matmul(a, self.ffn_in.weight, self.ffn_in.bias, self.ffn_in.out.m, self.ffn_in.out.e,
+                                self.gelu_input_bits, backend=backend)
+        g = kernels.gelu(h, self.gelu_params, self.gelu_out.m, self.gelu_out.e, self.bits, backend=backend)
+        y = kernels.int8_matmul(g, self.ffn_out.weight, self.ffn_out.bias, self.ffn_out.out.m, self.ffn_out.out.e,
+                                self.ln_bits, a, self.ffn_residual.m, self.ffn_residual.e, backend=backend)
+        return self.ffn_ln(y, self.bits, backend).view(B, S, H), probs
+
+
+class IntegerIBertModel(nn.Module):
+    """Drop-in for `IBertModel` inside the task classes: integer embeddings and encoder, float pooler."""
+
+    def __init__(self, config: IBertConfig, add_pooling_layer: bool):
+        super().__init__()
+        self.config = config
+        H = config.hidden_size
+        self.register_buffer("word", torch.zeros(config.vocab_size, H, dtype=torch.int8))
+        self.register_buffer("token_type", torch.zeros(config.type_vocab_size, H, dtype=torch.int8))
+        self.register_buffer("position", torch.zeros(config.max_position_embeddings, H, dtype=torch.int8))
+        self.type_add, self.type_res = _Requant(), _Requant()
+        self.pos_add, self.pos_res = _Requant(), _Requant()
+        self.emb_ln = _IntLayerNorm(H)
+        self.layers = nn.ModuleList([IntegerLayer(config) for _ in range(config.num_hidden_layers)])
+        self.register_buffer("hidden_scales", torch.ones(config.num_hidden_layers + 1))
+        self.pooler = modeling.IBertPooler(config) if add_pooling_layer else None
+
+    @torch.no_grad()
+    def set(self, model: modeling.IBertModel) -> "IntegerIBertModel":
+        emb = model.embeddings
+        scales = {}
+        for name, table in (("word", emb.word_embeddings), ("token_type", emb.token_type_embeddings),
+                            ("position", emb.position_embeddings)):
+            scales[name] = table.weight_scale()
+            setattr(self, name, _int_weight(table, scales[name], table.bits))
+        self.type_add.set(*emb.embeddings_act1.multiplier(scales["word"]))
+        self.type_res.set(*emb.embeddings_act1.multiplier(scales["token_type"]))
+        s1 = emb.embeddings_act1.scale()
+        self.pos_add.set(*emb.embeddings_act2.multiplier(s1))
+        self.pos_res.set(*emb.embeddings_act2.multiplier(scales["position"]))
+        s = self.emb_ln.set(emb.LayerNorm, emb.embeddings_act2.scale(), emb.output_activation)
+        hidden_scales = [s]
+        for int_layer, layer in zip(self.layers, model.encoder.layer):
+            s = int_layer.set(layer, s)
+            hidden_scales.append(s)
+        self.hidden_scales = torch.cat(hidden_scales).float()
+        if self.pooler is not None:
+            self.pooler.load_state_dict(model.pooler.state_dict())
+        return self
+
+    @property
+    def backend(self) -> str:
+        return self.config.backend
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+               position_ids: torch.Tensor, head_mask: torch.Tensor | None = None, keep: bool = False):
+        """Integers only. input_ids etc.: [B, S] integer tensors. Returns the last hidden state [B, S, H] int8
+        and, with keep=True, every layer's int8 output and uint8 attention probabilities."""
+        bk, c = self.backend, self.config
+        e = kernels.requantize(self.word[input_ids].int(), self.type_add.m, self.type_add.e, c.embedding_act_bits,
+                               self.token_type[token_type_ids], self.type_res.m, self.type_res.e, backend=bk)
+        e = kernels.requantize(e, self.pos_add.m, self.pos_add.e, c.embedding_act_bits,
+                               self.position[position_ids], self.pos_res.m, self.pos_res.e, backend=bk)
+        x = self.emb_ln(e, c.act_bits, bk)
+        mask = ((1 - attention_mask.int()) * IntSoftmax.MASK_INT).int()
+        hidden, probs = [x], []
+        for i, layer in enumerate(self.layers):
+            x, p = layer(x, mask, None if head_mask is None else head_mask[i], bk)
+            if keep:
+                hidden.append(x)
+                probs.append(p)
+        return (x, hidden, probs) if keep else x
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if inputs_embeds is not None:
+            raise ValueError("the integer engine takes input_ids, not inputs_embeds")
+        attention_mask, token_type_ids, position_ids = modeling.prepare_inputs(
+            self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        if head_mask is not None:
+            hm = modeling.head_mask_per_layer(self.config, head_mask)
+            if not torch.isin(hm, torch.tensor([0.0, 1.0], device=hm.device)).all():
+                raise ValueError("the integer engine supports head masks of zeros and ones only")
+            head_mask = hm.reshape(self.config.num_hidden_layers, -1).to(torch.uint8)
+        keep = bool(output_attentions or output_hidden_states)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, head_mask, keep)
+        x, hidden, probs = out if keep else (out, None, None)
+        # The float boundary: the task head reads dequantized values.
+        last = x.float() * self.hidden_scales[-1]
+        pooled = self.pooler(last) if self.pooler is not None else None
+        hidden_f = None
+        if output_hidden_states:
+            hidden_f = tuple(h.float() * s for h, s in zip(hidden, self.hidden_scales))
+        attn_f = tuple(p.float() * 2.0**-self.config.softmax_bits for p in probs) if output_attentions else None
+        if return_dict is False:
+            return tuple(v for v in (last, pooled, hidden_f, attn_f) if v is not None)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_f,
+                                          attentions=attn_f)
+
+
+def _check_convertible(model: modeling.IBertPreTrainedModel) -> None:
+    cfg = model.config
+    if not cfg.quant_mode:
+        raise ValueError("convert_to_integer needs a fake-quant model (quant_mode=True), calibrated or trained")
+    if cfg.force_dequant != "none":
+        raise ValueError(f"an integer-only engine needs every nonlinearity in integers: force_dequant='none', "
+                         f"got {cfg.force_dequant!r}")
+    if cfg.hidden_act != "gelu":
+        raise ValueError(f"the integer engine implements hidden_act='gelu' only, got {cfg.hidden_act!r}")
+    stale = [n for n, m in model.named_modules() if isinstance(m, QuantAct) and m.quant_mode
+             and bool((m.x_min == m.x_max).all())]
+    if stale:
+        raise ValueError(f"activation ranges were never observed (run calibration or QAT first): {stale[:3]}...")
+
+
+def convert_to_integer(model: modeling.IBertPreTrainedModel) -> modeling.IBertPreTrainedModel:
+    """A copy of `model` (any IBert* class) whose encoder is the integer engine; the model is unchanged."""
+    _check_convertible(model)
+    engine = copy.deepcopy(model).eval()
+    base = engine.ibert if hasattr(engine, "ibert") else engine
+    integer = IntegerIBertModel(engine.config, base.pooler is not None).to(_device(model)).set(base)
+    if base is engine:
+        return integer
+    engine.ibert = integer
+    return engine
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def save_integer(engine: nn.Module, directory: str | os.PathLike) -> None:
+    """Write the engine (integer buffers and float heads) as safetensors plus a config, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in engine.state_dict().items()}
+    config = engine.config.to_dict()
+    config.update(ibert_format=FORMAT, ibert_format_version=FORMAT_VERSION, ibert_class=type(engine).__name__,
+                  ibert_add_pooling_layer=_integer_part(engine).pooler is not None)
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(_untie(tensors), p, metadata={"format": FORMAT}))
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
+
+
+def load_integer(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load an engine written by `save_integer`; a clear ValueError for anything missing, corrupt or mismatched."""
+    directory = Path(directory)
+    cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise ValueError(f"not an integer engine checkpoint: {p} is missing")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"corrupt integer engine config {cfg_path}: {exc}") from exc
+    if raw.get("ibert_format") != FORMAT or raw.get("ibert_format_version") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_path} is not a version-{FORMAT_VERSION} {FORMAT} checkpoint")
+    cls_name, pooling = raw.pop("ibert_class"), raw.pop("ibert_add_pooling_layer")
+    raw.pop("ibert_format"), raw.pop("ibert_format_version")
+    config = IBertConfig.from_dict(raw)
+    try:
+        tensors = load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"corrupt integer engine weights {weights_path}: {exc}") from exc
+    if cls_name == "IntegerIBertModel":
+        engine = IntegerIBertModel(config, pooling)
+    else:
+        engine = getattr(modeling, cls_name)(config)
+        engine.ibert = IntegerIBertModel(config, pooling)
+    expected = engine.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"integer engine checkpoint {weights_path} does not match {cls_name}: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in expected.items():
+        if v.shape != tensors[k].shape or v.dtype != tensors[k].dtype:
+            raise ValueError(f"integer engine checkpoint {weights_path}: {k} is {tuple(tensors[k].shape)} "
+                             f"{tensors[k].dtype}, expected {tuple(v.shape)} {v.dtype}")
+    engine.load_state_dict(tensors, strict=True)
+    return engine.to(device).eval()
+
+
+def _integer_part(engine: nn.Module) -> IntegerIBertModel:
+    return engine if isinstance(engine, IntegerIBertModel) else engine.ibert
+
+
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage (tied LM-head weights): give each name its own copy."""
+    seen, out = set(), {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

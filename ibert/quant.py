@@ -1,0 +1,222 @@
+"""Fake-quantization modules (quantization-aware training) whose eval-mode values are exactly the integers
+the integer engine computes: every integer step calls the `kernels` reference on recovered integers.
+
+Tensors travel as `(x, scale)`: in quant mode `x` is float holding `integer * scale`, and `scale` is a
+float tensor of one element or one per channel (last dimension); in float mode `scale` is None.
+Gradients pass straight through (STE): each integer result `y_int * s` is returned as
+`y_float + (y_int * s - y_float).detach()`, so training sees the float op's gradient.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from kernels.gelu import gelu_reference
+from kernels.layernorm import layernorm_reference
+from kernels.requant import requantize_reference
+from kernels.softmax import softmax_reference
+
+EPS_SCALE = 1e-8  # smallest scale: a tensor of zeros still gets a finite scale
+
+Scaled = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+def qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+def ste(y_float: torch.Tensor, y_exact: torch.Tensor) -> torch.Tensor:
+    """Value of `y_exact`, gradient of `y_float`."""
+    return y_float + (y_exact - y_float).detach()
+
+
+def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The integers a scaled float tensor holds (exact: x was produced as integer * scale)."""
+    return torch.round(x.detach() / scale).long()
+
+
+def weight_scale(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+    """Symmetric scale of a weight: max |w| per output row (per_channel) or over the tensor, / qmax."""
+    w = w.detach()
+    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    return amax.clamp(min=EPS_SCALE) / qmax(bits)
+
+
+def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer-valued float weight `clamp(round(w / s))` with a straight-through gradient."""
+    s = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    w_int = torch.clamp(torch.round(w.detach() / s), -qmax(bits), qmax(bits))
+    return ste(w / s, w_int)
+
+
+class QuantAct(nn.Module):
+    """Activation quantizer with a static range: EMA of min/max in training (momentum 0.95), frozen in eval.
+
+    forward(x, s_in, identity, s_id) requantizes `x` (and adds `identity`, each with its own dyadic
+    multiplier) to `bits` bits, exactly as `kernels.requantize` does; a float input (s_in None) is quantized
+    directly.
+    """
+
+    def __init__(self, bits: int, momentum: float = 0.95, quant_mode: bool = False):
+        super().__init__()
+        self.bits, self.momentum, self.quant_mode = bits, momentum, quant_mode
+        self.register_buffer("x_min", torch.zeros(1))
+        self.register_buffer("x_max", torch.zeros(1))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, quant_mode={self.quant_mode}"
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().min().reshape(1).float(), x.detach().max().reshape(1).float()
+        if bool((self.x_min == self.x_max).all()):
+            self.x_min.copy_(lo)
+            self.x_max.copy_(hi)
+        else:
+            self.x_min.mul_(self.momentum).add_((1 - self.momentum) * lo)
+            self.x_max.mul_(self.momentum).add_((1 - self.momentum) * hi)
+
+    def scale(self) -> torch.Tensor:
+        """Output scale [1] from the current range."""
+        return torch.maximum(self.x_min.abs(), self.x_max.abs()).clamp(min=EPS_SCALE) / qmax(self.bits)
+
+    def multiplier(self, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dyadic (m, e) taking integers of scale s_in to this quantizer's scale."""
+        return kernels.dyadic(s_in / self.scale())
+
+    def forward(self, x: torch.Tensor, s_in: torch.Tensor | None = None,
+                identity: torch.Tensor | None = None, s_id: torch.Tensor | None = None) -> Scaled:
+        if not self.quant_mode:
+            return (x if identity is None else x + identity), None
+        total = x if identity is None else x + identity
+        if self.training:
+            self.observe(total)
+        s_out = self.scale()
+        if s_in is None:
+            q = torch.clamp(torch.round(total.detach() / s_out), -qmax(self.bits), qmax(self.bits))
+            return ste(total, q * s_out), s_out
+        m, e = self.multiplier(s_in)
+        res = mr = er = None
+        if identity is not None:
+            res, (mr, er) = to_int(identity, s_id), self.multiplier(s_id)
+        q = requantize_reference(to_int(x, s_in), m, e, self.bits, res, mr, er)
+        return ste(total, q.float() * s_out), s_out
+
+
+class QuantEmbedding(nn.Embedding):
+    """Embedding with an 8-bit per-tensor weight."""
+
+    def __init__(self, num: int, dim: int, padding_idx: int | None = None, bits: int = 8, quant_mode: bool = False):
+        super().__init__(num, dim, padding_idx=padding_idx)
+        self.bits, self.quant_mode = bits, quant_mode
+
+    def weight_scale(self) -> torch.Tensor:
+        return weight_scale(self.weight, self.bits, per_channel=False)
+
+    def forward(self, ids: torch.Tensor) -> Scaled:
+        if not self.quant_mode:
+            return super().forward(ids), None
+        s = self.weight_scale()
+        return F.embedding(ids, quantize_weight(self.weight, s, self.bits) * s, self.padding_idx), s
+
+
+class QuantLinear(nn.Linear):
+    """Linear layer with 8-bit per-output-channel weights and a 32-bit bias of scale s_x * s_w.
+
+    Quant mode returns the integer accumulator `x_int @ w_int.T + b_int` (exact in fp32 while partial sums
+    stay below 2**24) times its per-channel scale s_x * s_w.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8, bias_bits: int = 32,
+                 quant_mode: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.bits, self.bias_bits, self.quant_mode = bits, bias_bits, quant_mode
+
+    def weight_scale(self) -> torch.Tensor:
+        return weight_scale(self.weight, self.bits, per_channel=True)
+
+    def acc_scale(self, s_x: torch.Tensor) -> torch.Tensor:
+        """Scale [N] of the accumulator."""
+        return s_x * self.weight_scale()
+
+    def bias_int(self, s_acc: torch.Tensor) -> torch.Tensor:
+        """Integer-valued float bias with a straight-through gradient."""
+        b = self.bias / s_acc
+        return ste(b, torch.clamp(torch.round(b.detach()), -qmax(self.bias_bits), qmax(self.bias_bits)))
+
+    def forward(self, x: torch.Tensor, s_x: torch.Tensor | None = None) -> Scaled:
+        if not self.quant_mode:
+            return super().forward(x), None
+        if s_x is None:
+            raise ValueError("QuantLinear in quant mode needs the input's scale")
+        s_w = self.weight_scale()
+        s_acc = s_x * s_w
+        x_int = ste(x / s_x, torch.round(x.detach() / s_x))
+        acc = F.linear(x_int, quantize_weight(self.weight, s_w, self.bits),
+                       self.bias_int(s_acc) if self.bias is not None else None)
+        return acc * s_acc, s_acc
+
+
+class IntGELU(nn.Module):
+    """i-GELU on 16-bit integers of a per-tensor scale (float GELU when disabled)."""
+
+    def __init__(self, quant_mode: bool = False):
+        super().__init__()
+        self.quant_mode = quant_mode
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None) -> Scaled:
+        y = F.gelu(x)
+        if not self.quant_mode or s is None:
+            return y, None
+        params, s_out = kernels.gelu_params(s)
+        q = gelu_reference(to_int(x, s).int(), params)
+        return ste(y, q.float() * s_out), s_out
+
+
+class IntSoftmax(nn.Module):
+    """i-softmax with an unsigned `bits`-bit output of scale 2**-bits (float softmax when disabled).
+
+    mask: [B, S] with 1 for keys to attend to, 0 for padding (or None).
+    """
+
+    MASK_INT = -(2**30)
+
+    def __init__(self, bits: int = 8, quant_mode: bool = False):
+        super().__init__()
+        self.bits, self.quant_mode = bits, quant_mode
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None, mask: torch.Tensor | None) -> Scaled:
+        x_masked = x if mask is None else x.masked_fill(mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)
+        y = torch.softmax(x_masked, dim=-1)
+        if not self.quant_mode or s is None:
+            return y, None
+        mask_int = None if mask is None else ((1 - mask.int()) * self.MASK_INT).int()
+        p = softmax_reference(to_int(x, s).int(), kernels.softmax_params(s), mask_int, self.bits)
+        s_out = torch.full((1,), 2.0**-self.bits, device=x.device)
+        return ste(y, p.float() * s_out), s_out
+
+
+class IntLayerNorm(nn.LayerNorm):
+    """i-LayerNorm fused with its output quantizer: integer in, `out_act.bits`-bit integer out.
+
+    The output scale comes from `out_act`'s range, observed on the float LayerNorm output in training.
+    """
+
+    def __init__(self, dim: int, eps: float, quant_mode: bool = False):
+        super().__init__(dim, eps=eps)
+        self.quant_mode = quant_mode
+
+    def params(self, s_in: torch.Tensor, s_out: torch.Tensor, bits: int):
+        return kernels.layernorm_params(s_in, self.weight.detach(), self.bias.detach(), self.eps, s_out, bits)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None, out_act: QuantAct) -> Scaled:
+        y = super().forward(x)
+        if not self.quant_mode or s is None or not out_act.quant_mode:
+            return out_act(y)
+        if self.training:
+            out_act.observe(y)
+        s_out = out_act.scale()
+        q = layernorm_reference(to_int(x, s).int(), *self.params(s, s_out, out_act.bits), out_act.bits)
+        return ste(y, q.float() * s_out), s_out

@@ -1,0 +1,72 @@
+"""One way of measuring for every benchmark: median of repeated runs, the device named, rows appended to a
+CSV with the git commit (so that runs on different machines and commits can be compared and plotted)."""
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results.csv"
+FIELDS = ["time", "commit", "device", "benchmark", "case", "impl", "ms", "speedup", "note"]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def measure(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2, budget_s: float = 5.0) -> float:
+    """Median wall time of `fn` in milliseconds (CUDA: synchronised), at most about `budget_s` of repeats."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def append_rows(rows: list[dict], path: Path = RESULTS_CSV) -> None:
+    """Append result rows (keys from FIELDS) with the time and commit filled in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commit = git_commit()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({"time": stamp, "commit": commit, **{k: r.get(k, "") for k in FIELDS[2:]}})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
