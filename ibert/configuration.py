@@ -46,9 +46,11 @@ class IBertConfig(PretrainedConfig):
         gelu_input_bits: int = 16,
         softmax_bits: int = 8,
         backend: str = "auto",
+        tie_word_embeddings: bool = True,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        self.tie_word_embeddings = tie_word_embeddings
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

@@ -351,7 +351,7 @@ def _tuple(loss, logits, out):
 
 
 class IBertForMaskedLM(IBertPreTrainedModel):
-    _tied_weights_keys = {"lm_head.decoder.weight": "ibert.embeddings.word_embeddings.weight",
+    _tied_weights_keys = {"lm_head.decoder.weight": "ibert.embeddings.word_embeddings.weight$",
                           "lm_head.decoder.bias": "lm_head.bias"}
 
     def __init__(self, config: IBertConfig):

@@ -1,0 +1,228 @@
+"""The IBert model family: fp32 parity with transformers, fake-quant training, the integer engine."""
+import pytest
+import torch
+import transformers
+import transformers.models.ibert.modeling_ibert as hf_ibert
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ibert
+from ibert import IBertConfig
+from ibert.engine import convert_to_integer, load_integer, save_integer
+
+HEADS = ["IBertModel", "IBertForMaskedLM", "IBertForSequenceClassification", "IBertForMultipleChoice",
+         "IBertForTokenClassification", "IBertForQuestionAnswering"]
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=40, num_labels=2)
+
+
+def batch(seed=0, B=3, S=11):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 99, (B, S), generator=g)
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[1, 7:] = 0
+    ids[1, 7:] = 1
+    return ids, mask
+
+
+def inputs_for(name, ids, mask):
+    if name == "IBertForMultipleChoice":
+        return dict(input_ids=ids[None].expand(2, *ids.shape).contiguous(),
+                    attention_mask=mask[None].expand(2, *mask.shape).contiguous())
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def calibrated(name="IBertForSequenceClassification", seed=0, **kw):
+    """A fake-quant model whose activation ranges were observed on a few training-mode batches."""
+    torch.manual_seed(seed)
+    model = getattr(ibert, name)(IBertConfig(**{**TINY, "quant_mode": True, **kw}))
+    model.train()
+    with torch.no_grad():
+        for s in range(3):
+            model(**inputs_for(name, *batch(s)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_fp32_matches_transformers(name):
+    torch.manual_seed(0)
+    hf = getattr(hf_ibert, name)(transformers.IBertConfig(**TINY)).eval()
+    ours = getattr(ibert, name)(IBertConfig(**TINY)).eval()
+    missing, _ = ours.load_state_dict(hf.state_dict(), strict=False)
+    assert all(k.endswith(("x_min", "x_max")) for k in missing)
+    inputs = inputs_for(name, *batch())
+    with torch.no_grad():
+        a, b = hf(**inputs), ours(**inputs)
+    compared = 0
+    for key, value in a.items():
+        if torch.is_tensor(value):
+            assert torch.allclose(value, b[key], atol=1e-5, rtol=0), key
+            compared += 1
+    assert compared
+
+
+def test_config_validation_lists_choices():
+    with pytest.raises(ValueError, match="force_dequant must be one of"):
+        IBertConfig(force_dequant="foo")
+    with pytest.raises(ValueError, match="hidden_act must be one of"):
+        IBertConfig(quant_mode=True, hidden_act="relu")
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        IBertConfig(position_embedding_type="relative_key")
+    assert IBertConfig(hidden_act="relu").hidden_act == "relu"
+    c = IBertConfig()
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.pad_token_id, c.layer_norm_eps) == (30522, 768, 12, 1, 1e-12)
+
+
+@pytest.mark.parametrize("force_dequant", ["none", "gelu", "softmax", "layernorm", "nonlinear"])
+def test_fake_quant_trains(force_dequant):
+    torch.manual_seed(0)
+    model = ibert.IBertForSequenceClassification(IBertConfig(**TINY, quant_mode=True, force_dequant=force_dequant))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ids, mask = batch()
+    labels = torch.tensor([0, 1, 1])
+    losses = []
+    for _ in range(3):
+        out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    q = model.ibert.encoder.layer[0].attention.self.query
+    assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
+    assert model.ibert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_scales_propagate_between_layers():
+    """Each layer's input scale is the previous layer's output scale (transformers passes the embedding's)."""
+    model = calibrated("IBertModel")
+    seen = []
+    hooks = [layer.register_forward_hook(lambda mod, args, out: seen.append((args[1], out[1])))
+             for layer in model.encoder.layer]
+    with torch.no_grad():
+        model(**inputs_for("IBertModel", *batch()))
+    for h in hooks:
+        h.remove()
+    assert torch.equal(seen[1][0], seen[0][1]) and not torch.equal(seen[1][0], seen[0][0])
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_integer_engine_equals_fake_quant(name):
+    model = calibrated(name)
+    engine = convert_to_integer(model)
+    inputs = inputs_for(name, *batch(7))
+    with torch.no_grad():
+        a = model(**inputs, output_hidden_states=True)
+        b = engine(**inputs, output_hidden_states=True)
+    for ha, hb in zip(a.hidden_states, b.hidden_states):
+        assert torch.equal(ha, hb)
+    for key, value in a.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, b[key]), key
+
+
+def test_integer_engine_hidden_states_are_integers():
+    engine = convert_to_integer(calibrated("IBertModel"))
+    ids, mask = batch()
+    x = engine.encode(ids, mask, torch.zeros_like(ids), ibert.modeling.position_ids_from_input_ids(ids, 1))
+    assert x.dtype == torch.int8 and x.abs().max() <= 127
+
+
+class DtypeRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.float_ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.is_floating_point() for t in tensors):
+            self.float_ops.append(str(func))
+        return out
+
+
+def test_no_float_op_between_embedding_lookup_and_head():
+    engine = convert_to_integer(calibrated("IBertForSequenceClassification"))
+    ids, mask = batch()
+    types, pos = torch.zeros_like(ids), ibert.modeling.position_ids_from_input_ids(ids, 1)
+    with DtypeRecorder() as rec:
+        engine.ibert.encode(ids, mask, types, pos)
+    assert rec.float_ops == []
+    with DtypeRecorder() as rec:  # the recorder does see float ops: the head runs in float
+        engine(input_ids=ids, attention_mask=mask)
+    assert rec.float_ops
+
+
+def test_integer_engine_triton_equals_torch():
+    model = calibrated("IBertModel")
+    torch_engine = convert_to_integer(model)
+    ids, mask = batch(3)
+    args = (ids, mask, torch.zeros_like(ids), ibert.modeling.position_ids_from_input_ids(ids, 1))
+    expected = torch_engine.encode(*args)
+    torch_engine.config.backend = "triton"
+    assert torch.equal(torch_engine.encode(*args), expected)
+
+
+def test_integer_engine_save_load_roundtrip(tmp_path):
+    engine = convert_to_integer(calibrated("IBertForMaskedLM"))
+    save_integer(engine, tmp_path)
+    loaded = load_integer(tmp_path)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(engine(input_ids=ids, attention_mask=mask).logits,
+                           loaded(input_ids=ids, attention_mask=mask).logits)
+    assert loaded.ibert.layers[0].qkv.weight.dtype == torch.int8
+
+
+def test_integer_engine_corrupt_or_mismatched_checkpoint(tmp_path):
+    engine = convert_to_integer(calibrated("IBertForSequenceClassification"))
+    save_integer(engine, tmp_path)
+    weights = tmp_path / "integer_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_integer(tmp_path)
+    save_integer(engine, tmp_path)
+    cfg = (tmp_path / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')
+    (tmp_path / "config.json").write_text(cfg)
+    with pytest.raises(ValueError, match="does not match"):
+        load_integer(tmp_path)
+    with pytest.raises(ValueError, match="missing"):
+        load_integer(tmp_path / "nowhere")
+
+
+def test_conversion_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="quant_mode=True"):
+        convert_to_integer(ibert.IBertModel(IBertConfig(**TINY)))
+    with pytest.raises(ValueError, match="force_dequant='none'"):
+        convert_to_integer(calibrated("IBertModel", force_dequant="gelu"))
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="never observed"):
+        convert_to_integer(ibert.IBertModel(IBertConfig(**TINY, quant_mode=True)))
+
+
+def test_save_pretrained_roundtrip_keeps_ranges(tmp_path):
+    model = calibrated("IBertForSequenceClassification")
+    model.save_pretrained(tmp_path)
+    loaded = ibert.IBertForSequenceClassification.from_pretrained(tmp_path).eval()
+    auto = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(auto, ibert.IBertForSequenceClassification)
+    ids, mask = batch()
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, ref)
+        assert torch.equal(auto(input_ids=ids, attention_mask=mask).logits, ref)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = ibert.IBertModel(IBertConfig(**TINY)).eval()
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="token ids must be in"):
+        model(input_ids=ids + 100)
+    with pytest.raises(ValueError, match="exceeds the position table"):
+        model(input_ids=torch.full((1, 39), 5))
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        model(input_ids=ids, attention_mask=mask[:, :5])
+    with pytest.raises(ValueError, match="empty batch"):
+        model(input_ids=ids[:0])
+    with pytest.raises(ValueError, match="exactly one of"):
+        model()
