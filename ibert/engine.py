@@ -24,6 +24,8 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import kernels
+from kernels.gelu import NUM_PARAMS as GELU_PARAMS
+from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
 from ibert import modeling
 from ibert.configuration import IBertConfig
 from ibert.quant import IntSoftmax, QuantAct, QuantLinear, qmax
@@ -99,13 +101,13 @@ class IntegerLayer(nn.Module):
         self.heads, self.bits, self.ln_bits = config.num_attention_heads, config.act_bits, config.ln_input_bits
         self.softmax_bits, self.gelu_input_bits = config.softmax_bits, config.gelu_input_bits
         self.qkv = _IntLinear(3 * H, H)
-        self.register_buffer("softmax_params", torch.zeros(4, dtype=torch.int64))
+        self.register_buffer("softmax_params", torch.zeros(SOFTMAX_PARAMS, dtype=torch.int64))
         self.ctx_out = _Requant()
         self.attn_dense = _IntLinear(H, H)
         self.attn_residual = _Requant()
         self.attn_ln = _IntLayerNorm(H)
         self.ffn_in = _IntLinear(I, H)
-        self.register_buffer("gelu_params", torch.zeros(4, 1, dtype=torch.int64))
+        self.register_buffer("gelu_params", torch.zeros(GELU_PARAMS, 1, dtype=torch.int64))
         self.gelu_out = _Requant()
         self.ffn_out = _IntLinear(H, I)
         self.ffn_residual = _Requant()
@@ -166,9 +168,9 @@ class IntegerLayer(nn.Module):
                                 self.attn_dense.out.e, self.ln_bits, x2, self.attn_residual.m, self.attn_residual.e,
                                 backend=backend)
         a = self.attn_ln(y, self.bits, backend)
-        h = kernels.int8_matmul(a, self.ffn_in.weight, self.ffn_in.bias, self.ffn_in.out.m, self.ffn_in.out.e,
-                                self.gelu_input_bits, backend=backend)
-        g = kernels.gelu(h, self.gelu_params, self.gelu_out.m, self.gelu_out.e, self.bits, backend=backend)
+        g = kernels.int8_matmul_gelu(a, self.ffn_in.weight, self.ffn_in.bias, self.ffn_in.out.m, self.ffn_in.out.e,
+                                     self.gelu_params, self.gelu_out.m, self.gelu_out.e, self.gelu_input_bits,
+                                     self.bits, backend=backend)
         y = kernels.int8_matmul(g, self.ffn_out.weight, self.ffn_out.bias, self.ffn_out.out.m, self.ffn_out.out.e,
                                 self.ln_bits, a, self.ffn_residual.m, self.ffn_residual.e, backend=backend)
         return self.ffn_ln(y, self.bits, backend).view(B, S, H), probs

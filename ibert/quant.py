@@ -1,5 +1,6 @@
 """Fake-quantization modules (quantization-aware training) whose eval-mode values are exactly the integers
-the integer engine computes: every integer step calls the `kernels` reference on recovered integers.
+the integer engine computes: every integer step calls the `kernels` op (backend "auto": Triton on CUDA, the torch reference otherwise)
+on recovered integers.
 
 Tensors travel as `(x, scale)`: in quant mode `x` is float holding `integer * scale`, and `scale` is a
 float tensor of one element or one per channel (last dimension); in float mode `scale` is None.
@@ -13,10 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from kernels.gelu import gelu_reference
-from kernels.layernorm import layernorm_reference
-from kernels.requant import requantize_reference
-from kernels.softmax import softmax_reference
 
 EPS_SCALE = 1e-8  # smallest scale: a tensor of zeros still gets a finite scale
 
@@ -101,7 +98,7 @@ class QuantAct(nn.Module):
         res = mr = er = None
         if identity is not None:
             res, (mr, er) = to_int(identity, s_id), self.multiplier(s_id)
-        q = requantize_reference(to_int(x, s_in), m, e, self.bits, res, mr, er)
+        q = kernels.requantize(to_int(x, s_in), m, e, self.bits, res, mr, er)
         return ste(total, q.float() * s_out), s_out
 
 
@@ -171,7 +168,7 @@ class IntGELU(nn.Module):
         if not self.quant_mode or s is None:
             return y, None
         params, s_out = kernels.gelu_params(s)
-        q = gelu_reference(to_int(x, s).int(), params)
+        q = kernels.gelu(to_int(x, s).int(), params)
         return ste(y, q.float() * s_out), s_out
 
 
@@ -193,7 +190,7 @@ class IntSoftmax(nn.Module):
         if not self.quant_mode or s is None:
             return y, None
         mask_int = None if mask is None else ((1 - mask.int()) * self.MASK_INT).int()
-        p = softmax_reference(to_int(x, s).int(), kernels.softmax_params(s), mask_int, self.bits)
+        p = kernels.softmax(to_int(x, s).int(), kernels.softmax_params(s), mask_int, self.bits)
         s_out = torch.full((1,), 2.0**-self.bits, device=x.device)
         return ste(y, p.float() * s_out), s_out
 
@@ -218,5 +215,5 @@ class IntLayerNorm(nn.LayerNorm):
         if self.training:
             out_act.observe(y)
         s_out = out_act.scale()
-        q = layernorm_reference(to_int(x, s).int(), *self.params(s, s_out, out_act.bits), out_act.bits)
+        q = kernels.layernorm(to_int(x, s).int(), *self.params(s, s_out, out_act.bits), out_act.bits)
         return ste(y, q.float() * s_out), s_out

@@ -8,12 +8,12 @@ also imported as `kernels` (`is_kernels_available()`), and must not mistake this
 """
 from kernels._utils import set_compile
 from kernels.gelu import gelu, gelu_params
-from kernels.gemm import int8_bmm, int8_matmul
+from kernels.gemm import int8_bmm, int8_matmul, int8_matmul_gelu
 from kernels.layernorm import layernorm, layernorm_params
 from kernels.requant import dyadic, requantize
 from kernels.softmax import softmax, softmax_params
 
 __all__ = [
-    "dyadic", "requantize", "int8_matmul", "int8_bmm", "gelu", "gelu_params", "softmax", "softmax_params",
+    "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "gelu", "gelu_params", "softmax", "softmax_params",
     "layernorm", "layernorm_params", "set_compile",
 ]

@@ -36,21 +36,23 @@ class KernelSpec:
 
 def _gemm_signature() -> dict[str, str]:
     ptrs = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*i8", "bias_ptr": "*i32", "m_ptr": "*i32", "e_ptr": "*i32",
-            "r_ptr": "*i8", "mr_ptr": "*i32", "er_ptr": "*i32"}
+            "r_ptr": "*i8", "mr_ptr": "*i32", "er_ptr": "*i32", "gp_ptr": "*i64", "m2_ptr": "*i32", "e2_ptr": "*i32"}
     ints = ["M", "N", "K", "stride_ab", "stride_am", "stride_ak", "stride_bb", "stride_bn", "stride_bk",
             "stride_cb", "stride_cm", "stride_cn"]
     return {**ptrs, **{k: "i32" for k in ints}}
 
 
-def gemm_spec(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, requant=True, a_unsigned=False) -> KernelSpec:
+def gemm_spec(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, requant=True, a_unsigned=False,
+              gelu=False) -> KernelSpec:
     sig = _gemm_signature()
     if a_unsigned:
         sig["a_ptr"] = "*u8"
     if not requant:
         sig["c_ptr"] = "*i32"
-    flags = dict(QMAX=127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant, HAS_RESIDUAL=requant,
-                 A_UNSIGNED=a_unsigned, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
-    return KernelSpec(f"int8_gemm{'_u8' if a_unsigned else ''}{'' if requant else '_acc'}", _int8_gemm_kernel,
+    flags = dict(QMAX=32767 if gelu else 127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant, HAS_RESIDUAL=requant and not gelu,
+                 A_UNSIGNED=a_unsigned, GELU=gelu, QMAX2=127 if gelu else 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
+    name = f"int8_gemm{'_u8' if a_unsigned else ''}{'' if requant else '_acc'}{'_gelu' if gelu else ''}"
+    return KernelSpec(name, _int8_gemm_kernel,
                       {**sig, **{k: "constexpr" for k in flags}}, flags)
 
 
@@ -58,11 +60,11 @@ def default_specs() -> list[KernelSpec]:
     """One representative specialization of every kernel."""
     requant_flags = dict(QMAX=127, PER_CHANNEL=True, HAS_RESIDUAL=True, BLOCK=1024)
     gelu_flags = dict(IN_MAX=32767, QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=1024)
-    softmax_flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=30, BLOCK_S=512)
+    softmax_flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=30, CLIP_=2**30, BLOCK_S=512)
     ln_flags = dict(QMAX=127, VAR_BITS_=15, MIN_SHIFT_=-14, NORM_BITS_=16, BLOCK_N=1024)
     c = lambda flags: {k: "constexpr" for k in flags}
     return [
-        gemm_spec(), gemm_spec(requant=False), gemm_spec(BLOCK_M=64, BLOCK_N=64, a_unsigned=True),
+        gemm_spec(), gemm_spec(requant=False), gemm_spec(BLOCK_M=64, BLOCK_N=64, a_unsigned=True), gemm_spec(gelu=True),
         KernelSpec("requantize", _requantize_kernel,
                    {"x_ptr": "*i32", "r_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mr_ptr": "*i32",
                     "er_ptr": "*i32", "y_ptr": "*i8", "total": "i32", "N": "i32", **c(requant_flags)}, requant_flags),

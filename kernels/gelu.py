@@ -19,34 +19,38 @@ from kernels.requant import requant_epilogue, requantize_reference
 ERF_A, ERF_B = -0.2888, -1.769
 INPUT_BITS = 16  # inputs saturate to 16 bits, which keeps every product below 2**31
 ERF_BITS = 14  # the erf term is shifted down to about this many bits
+MIN_ERF_SCALE = 2.0**-12  # the erf polynomial runs on inputs coarsened to at least this scale
+NUM_PARAMS = 5
 
 
 def gelu_params(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer constants of i-GELU for an input scale.
 
     scale: float tensor [] or [N] (per channel), > 0.
-    Returns params: int64 [4, C] (rows: clip B, constant c, erf shift k, integer one), C = scale.numel();
-    and out_scale: float [C], the scale of `gelu`'s int32 output.
+    Returns params: int64 [5, C] (rows: clip B, constant c, erf shift k, integer one, input shift r),
+    C = scale.numel(); and out_scale: float [C], the scale of `gelu`'s int32 output.
     """
     if not scale.is_floating_point() or scale.dim() > 1:
         raise TypeError(f"scale must be a float tensor of 0 or 1 dimensions, got {scale.dtype} {tuple(scale.shape)}")
-    s2 = scale.double().reshape(-1) / math.sqrt(2.0)
+    s = scale.double().reshape(-1)
+    r = torch.ceil(torch.log2(MIN_ERF_SCALE / s)).clamp(min=0)
+    s2 = s * 2.0**r / math.sqrt(2.0)
     clip = torch.floor(-ERF_B / s2)
     c = torch.floor(1.0 / (-ERF_A * s2**2))
     k = (torch.frexp(c)[1].long() - ERF_BITS).clamp(min=0)
     erf_scale = -ERF_A * s2**2 * 2.0 ** k.double()
     one = torch.floor(1.0 / erf_scale)
-    params = torch.stack([clip.long(), c.long(), k, one.long()])
-    return params, (scale.double().reshape(-1) * erf_scale / 2).to(scale.dtype)
+    params = torch.stack([clip.long(), c.long(), k, one.long(), r.long()])
+    return params, (s * erf_scale / 2).to(scale.dtype)
 
 
 def gelu_reference(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """x: [..., N] int32 -> [..., N] int32, |y| < 2**30."""
-    clip, c, k, one = params.reshape(4, -1)
-    q = x.long().clamp(-qmax(INPUT_BITS), qmax(INPUT_BITS))
-    t = torch.minimum(q.abs(), clip) - clip
+    """x: [..., N] int32 -> [..., N] int32, |y| < 2**30; all arithmetic int32."""
+    clip, c, k, one, r = params.reshape(NUM_PARAMS, -1).int()
+    q = x.clamp(-qmax(INPUT_BITS), qmax(INPUT_BITS))
+    t = torch.minimum(q.abs() >> r, clip) - clip
     erf = (torch.sign(q) * (c - t * t)) >> k
-    return (q * (erf + one)).int()
+    return q * (erf + one)
 
 
 def _gelu_requant_reference(x, params, m, e, bits):
@@ -58,9 +62,19 @@ _gelu_torch = maybe_compiled(_gelu_requant_reference)
 
 
 @triton.jit
+def gelu_epilogue(q, clip, c, k, one, r, IN_MAX: tl.constexpr):
+    """i-GELU of int32 q with int32 constants (tensors broadcastable to q); int32 out."""
+    q = tl.minimum(tl.maximum(q, -IN_MAX), IN_MAX)
+    t = tl.minimum(tl.abs(q) >> r, clip) - clip
+    sign = tl.where(q > 0, 1, tl.where(q < 0, -1, 0))
+    erf = (sign * (c - t * t)) >> k
+    return q * (erf + one)
+
+
+@triton.jit
 def _gelu_kernel(
     x_ptr,  # [R, N] int32
-    p_ptr,  # [4, C] int64, C = N (PER_CHANNEL) or 1
+    p_ptr,  # [5, C] int64, C = N (PER_CHANNEL) or 1
     m_ptr, e_ptr,  # [1] int32 (REQUANT)
     y_ptr,  # [R, N] int32, or int8/int32 when REQUANT
     total, N, C,
@@ -70,18 +84,15 @@ def _gelu_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     ch = offs % N if PER_CHANNEL else tl.zeros_like(offs)
-    clip = tl.load(p_ptr + ch, mask=mask, other=1)
-    c = tl.load(p_ptr + C + ch, mask=mask, other=0)
-    k = tl.load(p_ptr + 2 * C + ch, mask=mask, other=0)
-    one = tl.load(p_ptr + 3 * C + ch, mask=mask, other=0)
-    q = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int64)
-    q = tl.minimum(tl.maximum(q, -IN_MAX), IN_MAX)
-    t = tl.minimum(tl.abs(q), clip) - clip
-    sign = tl.where(q > 0, 1, tl.where(q < 0, -1, 0)).to(tl.int64)
-    erf = (sign * (c - t * t)) >> k
-    y = q * (erf + one)
+    clip = tl.load(p_ptr + ch, mask=mask, other=1).to(tl.int32)
+    c = tl.load(p_ptr + C + ch, mask=mask, other=0).to(tl.int32)
+    k = tl.load(p_ptr + 2 * C + ch, mask=mask, other=0).to(tl.int32)
+    one = tl.load(p_ptr + 3 * C + ch, mask=mask, other=0).to(tl.int32)
+    r = tl.load(p_ptr + 4 * C + ch, mask=mask, other=0).to(tl.int32)
+    q = tl.load(x_ptr + offs, mask=mask, other=0)
+    y = gelu_epilogue(q, clip, c, k, one, r, IN_MAX)
     if REQUANT:
-        y = requant_epilogue(y, tl.load(m_ptr), tl.load(e_ptr), QMAX)
+        y = requant_epilogue(y.to(tl.int64), tl.load(m_ptr), tl.load(e_ptr), QMAX)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -105,15 +116,16 @@ def gelu(
     """Integer-only GELU.
 
     x: [..., N] int32 holding 16-bit integers (larger values saturate to +-(2**15 - 1)), scale s.
-    params: int64 [4, 1] or [4, N] from `gelu_params(s)`.
+    params: int64 [5, 1] or [5, N] from `gelu_params(s)`.
     Returns [..., N] int32 with scale `out_scale` from `gelu_params`; or, with a per-tensor dyadic
     multiplier (m, e), that result requantized to `bits` bits (int8 for bits <= 8) in the same pass.
     """
     check_tensor("x", x, (torch.int32,))
     check_tensor("params", params, (torch.int64,), 2)
     n = x.shape[-1] if x.dim() else 1
-    if params.shape[0] != 4 or params.shape[1] not in (1, n):
-        raise ValueError(f"params must be [4, 1] or [4, {n}] (from gelu_params), got {tuple(params.shape)}")
+    if params.shape[0] != NUM_PARAMS or params.shape[1] not in (1, n):
+        raise ValueError(f"params must be [{NUM_PARAMS}, 1] or [{NUM_PARAMS}, {n}] (from gelu_params), "
+                         f"got {tuple(params.shape)}")
     if (m is None) != (e is None):
         raise ValueError("requantization needs both m and e")
     if m is not None:

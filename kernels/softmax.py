@@ -1,8 +1,11 @@
 """i-softmax (I-BERT, Algorithm 3) over the last dimension, integer in, unsigned `out_bits`-bit out.
 
 exp(x) for x <= 0: x = -z ln2 + p, p in (-ln2, 0], exp(p) ~= 0.3585 (p + 1.353)^2 + 0.344, then a right shift
-by z (the paper's form; no 60-bit intermediates). The exps are shifted to about 15 bits before the row sum,
-so that the sum, the one division per row and the normalisation all stay below 2**31.
+by z (the paper's form; no 60-bit intermediates). Everything is int32: scores and mask saturate at +-2**30,
+differences below -2**30 are clipped (exp is 0 there at any output width), a fine scale is first coarsened
+by a right shift to at least 2**-14 (the polynomial then stays below 2**30), and the exps are shifted to
+about 15 bits before the row sum, so that the sum, the one division per row and the normalisation all stay
+below 2**31.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from kernels._utils import check_bits, check_same_device, check_tensor, maybe_co
 EXP_COEF = (0.35815147, 0.96963238, 1.0)  # exp(p) ~= c0 p^2 + c1 p + c2 on (-ln2, 0]
 EXP_BITS = 15  # exps are shifted to about this many bits before the row sum
 MAX_Z = 30  # exp(x) for x < -30 ln2 is 0 at every output width
-NUM_PARAMS = 4
+MIN_POLY_SCALE = 2.0**-14  # finer input scales are coarsened to this by a right shift
+CLIP = 2**30
+NUM_PARAMS = 5
 MAX_SCALE = math.log(2.0) / 8
 
 
@@ -26,43 +31,44 @@ def softmax_params(scale: torch.Tensor) -> torch.Tensor:
 
     scale: float tensor [] or [1], in (0, ln2 / 8]: at least 8 integer steps per ln2, so that the polynomial
     means something and every row's largest exp is positive.
-    Returns int64 [4]: ln2 step x0 (< 0), polynomial b and c, exp shift.
+    Returns int64 [5]: ln2 step x0 (< 0), polynomial b and c, exp shift, input coarsening shift r.
     """
     if not scale.is_floating_point() or scale.numel() != 1:
         raise TypeError(f"scale must be a float tensor of one element, got {scale.dtype} {tuple(scale.shape)}")
     s = scale.double().reshape(1)
     if not 0 < s.item() <= MAX_SCALE:
         raise ValueError(f"softmax input scale must be in (0, ln2/8 = {MAX_SCALE:.4f}], got {s.item():g}")
+    r = torch.ceil(torch.log2(MIN_POLY_SCALE / s)).clamp(min=0)
+    s = s * 2.0**r
     x0 = torch.floor(-math.log(2.0) / s)
     b = torch.floor(EXP_COEF[1] / EXP_COEF[0] / s)
     c = torch.floor(EXP_COEF[2] / EXP_COEF[0] / s**2)
     shift = (torch.frexp(c)[1].long() - EXP_BITS).clamp(min=0)
-    return torch.cat([x0.long(), b.long(), c.long(), shift])
+    return torch.cat([x0.long(), b.long(), c.long(), shift, r.long()])
 
 
 def exp_scale(scale: torch.Tensor) -> torch.Tensor:
     """Scale of the integer exps that `int_exp_reference` returns."""
-    shift = softmax_params(scale)[3]
-    return EXP_COEF[0] * scale.double().reshape(1) ** 2 * 2.0 ** shift.double()
+    p = softmax_params(scale)
+    return EXP_COEF[0] * (scale.double().reshape(1) * 2.0 ** p[4].double()) ** 2 * 2.0 ** p[3].double()
 
 
-def int_exp_reference(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """exp of integers x <= 0 (int64) -> int64 of scale `exp_scale`."""
-    x0, b, c, shift = params
-    x = torch.maximum(x, MAX_Z * x0)
-    z = x // x0
-    p = x - z * x0
-    poly = (p + b) * p + c
-    return poly >> (z + shift).clamp(max=62)
+def int_exp_reference(d: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """exp of int32 integers -2**30 <= d <= 0 (of the input scale) -> int32 of scale `exp_scale`."""
+    x0, b, c, shift, r = params.int()
+    d = torch.maximum(d >> r, MAX_Z * x0)
+    z = d // x0
+    p = d - z * x0
+    return ((p + b) * p + c) >> (z + shift).clamp(max=31)
 
 
 def softmax_reference(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None, out_bits: int) -> torch.Tensor:
-    y = x.long()
+    y = x.clamp(-CLIP, CLIP)
     if mask is not None:
-        y = y + mask.long().reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
-    y = y - y.amax(dim=-1, keepdim=True)
-    ex = int_exp_reference(y, params)
-    factor = (2**31 - 1) // ex.sum(dim=-1, keepdim=True)
+        y = y + mask.clamp(-CLIP, CLIP).reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
+    top = y.amax(dim=-1, keepdim=True)
+    ex = int_exp_reference(torch.maximum(y, top - CLIP) - top, params)
+    factor = (2**31 - 1) // ex.sum(dim=-1, keepdim=True, dtype=torch.int32)
     return ((ex * factor) >> (31 - out_bits)).to(torch.uint8 if out_bits <= 8 else torch.int32)
 
 
@@ -72,28 +78,33 @@ _softmax_torch = maybe_compiled(softmax_reference)
 @triton.jit
 def _softmax_kernel(
     x_ptr,  # [R, S] int32
-    mask_ptr,  # [B, S] int32 additive, row r uses mask row r // ROWS_PER_BATCH
-    p_ptr,  # [4] int64
+    mask_ptr,  # [B, S] int32 additive, row r uses mask row r // rows_per_batch
+    p_ptr,  # [5] int64
     y_ptr,  # [R, S] uint8 / int32
     S, rows_per_batch,
-    HAS_MASK: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_MASK: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_S)
     valid = offs < S
-    x = tl.load(x_ptr + row * S + offs, mask=valid, other=0).to(tl.int64)
+    x = tl.load(x_ptr + row * S + offs, mask=valid, other=0)
+    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
     if HAS_MASK:
-        x += tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0).to(tl.int64)
-    x = tl.where(valid, x, -(1 << 62))
-    x = x - tl.max(x, axis=0)
-    x0 = tl.load(p_ptr)
-    b = tl.load(p_ptr + 1)
-    c = tl.load(p_ptr + 2)
-    shift = tl.load(p_ptr + 3)
-    x = tl.maximum(x, MAX_Z_ * x0)
-    z = x // x0  # both <= 0 and x0 < 0: truncation is the floor here
-    p = x - z * x0
-    ex = ((p + b) * p + c) >> tl.minimum(z + shift, 62)
+        mk = tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0)
+        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)
+    x = tl.where(valid, x, -(2**31))
+    top = tl.max(x, axis=0)
+    x0 = tl.load(p_ptr).to(tl.int32)
+    b = tl.load(p_ptr + 1).to(tl.int32)
+    c = tl.load(p_ptr + 2).to(tl.int32)
+    shift = tl.load(p_ptr + 3).to(tl.int32)
+    r = tl.load(p_ptr + 4).to(tl.int32)
+    d = (tl.maximum(x, top - CLIP_) - top) >> r
+    d = tl.maximum(d, MAX_Z_ * x0)
+    z = d // x0  # both <= 0 and x0 < 0: truncation is the floor here
+    p = d - z * x0
+    ex = ((p + b) * p + c) >> tl.minimum(z + shift, 31)
     ex = tl.where(valid, ex, 0)
     factor = (2**31 - 1) // tl.sum(ex, axis=0)
     y = (ex * factor) >> (31 - OUT_BITS)
@@ -110,7 +121,7 @@ def softmax(
     mask: optional [B, S] int32 added to the scores of every row of batch b (0 to keep, a large negative
         integer such as -2**30 to mask a key). A row whose keys are all masked comes out uniform.
     Returns [B, ..., S] of scale 2**-out_bits: uint8 for out_bits <= 8 (0..255 for 8), else int32.
-    Every intermediate stays below 2**63 for any int32 input; the row sum below 2**31 for S < 2**16.
+    All arithmetic is int32 and overflow-free for any int32 input and S < 2**16.
     """
     check_tensor("x", x, (torch.int32,))
     if x.dim() < 2:
@@ -134,6 +145,6 @@ def softmax(
     rows = x.numel() // S
     _softmax_kernel[(rows,)](
         x, mask.contiguous() if mask is not None else x, params, y, S, max(rows // x.shape[0], 1),
-        HAS_MASK=mask is not None, OUT_BITS=out_bits, MAX_Z_=MAX_Z, BLOCK_S=triton.next_power_of_2(S),
+        HAS_MASK=mask is not None, OUT_BITS=out_bits, MAX_Z_=MAX_Z, CLIP_=CLIP, BLOCK_S=triton.next_power_of_2(S),
     )
     return y

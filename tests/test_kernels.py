@@ -10,7 +10,7 @@ from kernels import (
     softmax_params,
 )
 from kernels.layernorm import isqrt_reference
-from kernels.softmax import exp_scale, int_exp_reference
+from kernels.softmax import exp_scale, int_exp_reference, softmax_reference
 
 I32 = (-(2**31), 2**31 - 1)
 
@@ -172,19 +172,31 @@ def test_gelu_float_error_within_paper_bounds():
     assert err.max() <= float_max + 3e-4
 
 
-def test_gelu_output_fits_int32():
-    x = torch.tensor([I32[0], -32767, 32767, I32[1]], dtype=torch.int32)
-    for s in (1e-6, FINE_GELU_SCALE, 0.1, 10.0):
+def test_gelu_int32_arithmetic_does_not_overflow():
+    """The int32 reference equals the same formula evaluated in int64, for every scale and extreme input."""
+    x = torch.tensor([I32[0], -32768, -32767, -1, 0, 1, 32767, I32[1]], dtype=torch.int32)
+    for s in (1e-9, 1e-6, FINE_GELU_SCALE, 0.1, 10.0):
         params, _ = gelu_params(torch.tensor(s))
-        y = gelu_reference_long(x, params)
-        assert y.abs().max() < 2**31
+        clip, c, k, one, r = params.reshape(5, -1)
+        q = x.long().clamp(-32767, 32767)
+        t = torch.minimum(q.abs() >> r, clip) - clip
+        wide = q * (((torch.sign(q) * (c - t * t)) >> k) + one)
+        assert wide.abs().max() < 2**31
+        assert torch.equal(gelu(x, params, backend="torch").long(), wide)
 
 
-def gelu_reference_long(x, params):
-    clip, c, k, one = params.reshape(4, -1)
-    q = x.long().clamp(-32767, 32767)
-    t = torch.minimum(q.abs(), clip) - clip
-    return q * (((torch.sign(q) * (c - t * t)) >> k) + one)
+@pytest.mark.parametrize("M,K,N", [(1, 7, 5), (33, 100, 70), (7, 1023, 33)])
+def test_int8_matmul_gelu_exact_and_equals_unfused(M, K, N):
+    a = randint(-128, 127, (M, K), torch.int8, seed=1)
+    b = randint(-128, 127, (N, K), torch.int8, seed=2)
+    bias = randint(-(2**16), 2**16, (N,), torch.int32)
+    m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0**-2 / math.sqrt(K))
+    params, out_scale = gelu_params(torch.tensor(3e-4))
+    m2, e2 = dyadic(out_scale.double() / 0.02)
+    x, y = both(kernels.int8_matmul_gelu, a, b, bias, m, e, params, m2, e2)
+    assert torch.equal(x, y) and y.dtype == torch.int8
+    h = int8_matmul(a, b, bias, m, e, 16, backend="torch")
+    assert torch.equal(y, gelu(h, params, m2, e2, 8, backend="torch"))
 
 
 # ---------------------------------------------------------------- i-softmax
@@ -217,6 +229,7 @@ def test_softmax_extremes_no_overflow():
         a, b = both(softmax, x, params)
         assert torch.equal(a, b)
         assert b.long().sum(-1).max() <= 255
+        assert torch.equal(softmax_reference(x.long(), params, None, 8), b)  # no int32 overflow
     long_row = randint(-(2**31), 2**31 - 1, (1, 1, 4096), torch.int32)
     a, b = both(softmax, long_row, softmax_params(torch.tensor(1e-6)))
     assert torch.equal(a, b)
@@ -333,6 +346,9 @@ def test_bad_inputs_raise_clear_errors():
             torch.tensor(1.0), torch.ones(4), torch.zeros(4), 1e-5, torch.tensor(1.0)))
     with pytest.raises(ValueError, match="params must be"):
         gelu(torch.zeros(2, 4, dtype=torch.int32), torch.zeros(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="per tensor"):
+        m, e = dyadic(torch.tensor([0.1]))
+        kernels.int8_matmul_gelu(a, a, None, m, e, gelu_params(torch.rand(4))[0], m, e)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")

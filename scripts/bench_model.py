@@ -1,0 +1,129 @@
+"""Model benchmark at roberta-base size (random weights), one process, each path measured the same way.
+
+    python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train]
+Prints: forward times of our fp32, transformers' IBert fp32 and quant_mode=True, our fake-quant, our integer
+engine, with ratios to our fp32; a training step fp32 vs fake-quant; the paper's latency grid
+(sequence 128/256 x batch 1/2/4/8), fp32 vs integer engine. Figures are appended to benchmarks/results.csv.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import transformers
+
+import ibert
+import kernels
+from _bench import append_rows, device_name, measure, print_table
+from ibert.engine import convert_to_integer
+
+
+def roberta_base(layers: int, **kw) -> dict:
+    return dict(vocab_size=50265, hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=514, **kw)
+
+
+def make_inputs(batch: int, seq: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    return dict(input_ids=torch.randint(3, 50000, (batch, seq), generator=g).to(device),
+                attention_mask=torch.ones(batch, seq, dtype=torch.long, device=device))
+
+
+def calibrate(model, inputs) -> None:
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(**inputs)
+    model.eval()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-grid", action="store_true")
+    p.add_argument("--no-train", action="store_true")
+    args = p.parse_args()
+    dev = args.device
+    kernels.set_compile(dev == "cpu")
+    torch.manual_seed(0)
+    dev_name = device_name(dev)
+    print(f"device: {dev_name}; torch {torch.__version__}; roberta-base size, {args.layers} layers")
+
+    ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**roberta_base(args.layers))).to(dev).eval()
+    state = ours_fp32.state_dict()
+    hf_fp32 = transformers.models.ibert.modeling_ibert.IBertModel(
+        transformers.IBertConfig(**roberta_base(args.layers))).to(dev).eval()
+    hf_fp32.load_state_dict(state, strict=False)
+    hf_quant = transformers.models.ibert.modeling_ibert.IBertModel(
+        transformers.IBertConfig(**roberta_base(args.layers), quant_mode=True)).to(dev)
+    hf_quant.load_state_dict(state, strict=False)
+    fake = ibert.IBertModel(ibert.IBertConfig(**roberta_base(args.layers), quant_mode=True)).to(dev)
+    fake.load_state_dict(state, strict=False)
+
+    inputs = make_inputs(args.batch, args.seq, dev)
+    calibrate(hf_quant, inputs)
+    calibrate(fake, inputs)
+    engine = convert_to_integer(fake)
+    with torch.no_grad():
+        engine(**inputs)  # compiles the integer epilogues on the CPU (once)
+
+    case = f"batch {args.batch} x seq {args.seq}"
+    paths = {"ours fp32": ours_fp32, "transformers IBert fp32": hf_fp32,
+             "transformers IBert quant_mode=True": hf_quant, "ours fake-quant": fake, "ours integer engine": engine}
+    times = {}
+    with torch.no_grad():
+        for name, model in paths.items():
+            times[name] = measure(lambda: model(**inputs), dev, repeats=5)
+            print(f"{name}: {times[name]:.1f} ms", flush=True)
+    base = times["ours fp32"]
+    rows = [{"path": k, "ms": f"{v:.1f}", "fp32 time / this": f"{base / v:.2f}x"} for k, v in times.items()]
+    append_rows([{"device": dev_name, "benchmark": "model-forward", "case": case, "impl": r["path"], "ms": r["ms"],
+                  "speedup": f"{base / times[r['path']]:.3f}"} for r in rows])
+    print_table(f"forward, {case}, {args.layers} layers ({dev_name})", rows, ["path", "ms", "fp32 time / this"])
+
+    if not args.no_train:
+        labels_model = {}
+        for name, quant in (("fp32", False), ("fake-quant", True)):
+            m = ibert.IBertForSequenceClassification(ibert.IBertConfig(**roberta_base(args.layers), quant_mode=quant,
+                                                                       num_labels=2)).to(dev).train()
+            m.ibert.load_state_dict(state, strict=False)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-6)
+            labels = torch.zeros(args.batch, dtype=torch.long, device=dev)
+
+            def step():
+                loss = m(**inputs, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            labels_model[name] = measure(step, dev, repeats=3, warmup=1)
+            print(f"train step {name}: {labels_model[name]:.1f} ms", flush=True)
+        r = labels_model["fake-quant"] / labels_model["fp32"]
+        train_rows = [{"step": k, "ms": f"{v:.1f}"} for k, v in labels_model.items()]
+        train_rows.append({"step": "fake-quant / fp32", "ms": f"{r:.2f}x"})
+        append_rows([{"device": dev_name, "benchmark": "train-step", "case": case, "impl": k, "ms": f"{v:.1f}"}
+                     for k, v in labels_model.items()])
+        print_table(f"training step (forward + backward + AdamW), {case}", train_rows, ["step", "ms"])
+
+    if not args.no_grid:
+        grid = []
+        for seq in (128, 256):
+            for b in (1, 2, 4, 8):
+                x = make_inputs(b, seq, dev)
+                with torch.no_grad():
+                    t32 = measure(lambda: ours_fp32(**x), dev, repeats=5)
+                    tint = measure(lambda: engine(**x), dev, repeats=5)
+                grid.append({"seq": seq, "batch": b, "fp32 ms": f"{t32:.1f}", "integer ms": f"{tint:.1f}",
+                             "speedup": f"{t32 / tint:.2f}x"})
+                append_rows([{"device": dev_name, "benchmark": "latency-grid", "case": f"batch {b} x seq {seq}",
+                              "impl": impl, "ms": f"{t:.2f}", "speedup": f"{t32 / t:.3f}"}
+                             for impl, t in (("fp32", t32), ("integer engine", tint))])
+                print(grid[-1], flush=True)
+        print_table(f"latency grid, fp32 vs integer engine ({dev_name})", grid, list(grid[0]))
+
+
+if __name__ == "__main__":
+    main()
