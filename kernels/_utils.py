@@ -20,6 +20,9 @@ def set_compile(enabled: bool) -> None:
     Also settable with IBERT_COMPILE=1. The results are identical: integer ops have one answer.
     """
     _COMPILE["on"] = bool(enabled)
+    if enabled:
+        # One graph per variant (bit width, per-channel or not, with or without residual, ...).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 
 
 def maybe_compiled(fn: Callable) -> Callable:
