@@ -1,0 +1,241 @@
+"""The GLUE recipe: stage 1 fp32 fine-tune, stage 2 QAT from it, conversion to the integer engine, and an
+evaluation of every path on dev. Each stage checkpoints atomically every N steps and resumes after a kill;
+a finished stage is skipped when the run is started again with the same output directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+import kernels
+from ibert import glue
+from ibert.checkpoints import load_pretrained, offline_minilm_path
+from ibert.engine import convert_to_integer, load_integer, save_integer
+from ibert.modeling import IBertForSequenceClassification
+
+log = logging.getLogger(__name__)
+DONE = "DONE"
+
+
+@dataclass
+class Data:
+    train: list[dict] | None
+    dev: dict[str, list[dict]]
+    collate: DataCollatorWithPadding
+
+
+def model_path(cfg: DictConfig) -> str:
+    return cfg.model.name_or_path or offline_minilm_path()
+
+
+def load_data(cfg: DictConfig, task: glue.Task, tokenizer, need_train: bool) -> Data:
+    """Tokenized examples (no padding: batches are padded dynamically)."""
+    import datasets
+
+    def encode(split: str, limit: int | None) -> list[dict]:
+        raw = glue.load_split(task, split, cfg.glue_dir)
+        ds = datasets.Dataset.from_dict(raw)
+        if limit is not None and limit < len(ds):
+            ds = ds.shuffle(seed=cfg.seed).select(range(limit))
+        cols = list(task.text_columns)
+        ds = ds.map(lambda b: tokenizer(*[b[c] for c in cols], truncation=True, max_length=cfg.recipe.max_seq_length),
+                    batched=True, remove_columns=cols)
+        ds = ds.rename_column("label", "labels")
+        return [dict(ex) for ex in ds]
+
+    train = encode("train", cfg.recipe.max_train_samples) if need_train else None
+    dev = {split: encode(split, cfg.recipe.max_eval_samples) for split in task.dev_splits}
+    return Data(train, dev, DataCollatorWithPadding(tokenizer, return_tensors="pt"))
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_dir(final: Path, write) -> None:
+    """Write a directory under a temporary name, then rename it into place."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cfg: DictConfig, lr: float,
+                epochs: float, max_steps: int | None, out: Path) -> float:
+    """Fine-tune `model` in place (resuming from out/name/last.pt); returns the seconds this call trained."""
+    stage_dir = out / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    r = cfg.recipe
+    steps_per_epoch = math.ceil(len(data.train) / r.batch_size)
+    total = math.ceil(epochs * steps_per_epoch)
+    if max_steps:
+        total = min(total, max_steps)
+    decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=tuple(r.adam_betas), eps=r.adam_eps)
+    sched = get_linear_schedule_with_warmup(opt, int(r.warmup_ratio * total), total)
+    step, ckpt = 0, stage_dir / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        log.info("%s: resumed from step %d of %d (%s)", name, step, total, ckpt)
+        print(f"[{name}] resumed from step {step} of {total}", flush=True)
+    model.train()
+    start = time.time()
+    bar = tqdm(total=total, initial=step, desc=f"{name}", unit="step", dynamic_ncols=True)
+    order = None
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        if i == 0 or order is None:
+            order = np.random.default_rng(cfg.seed + epoch).permutation(len(data.train))
+        batch = data.collate([data.train[j] for j in order[i * r.batch_size:(i + 1) * r.batch_size]])
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch, lr=f"{sched.get_last_lr()[0]:.2e}")
+        if step % r.checkpoint_every == 0 or step == total:
+            _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
+                               ckpt)
+    bar.close()
+    return time.time() - start
+
+
+def finish_stage(name: str, model, tokenizer, out: Path) -> None:
+    """Save the stage's final model (HuggingFace layout) and mark the stage done."""
+    _atomic_dir(out / name / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    (out / name / DONE).write_text("done\n")
+    (out / name / "last.pt").unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, dict[str, float]]:
+    model.eval()
+    results = {}
+    for split, examples in data.dev.items():
+        preds, labels = [], []
+        for i in range(0, len(examples), batch_size):
+            batch = data.collate(examples[i:i + batch_size])
+            labels.append(batch.pop("labels").numpy())
+            logits = model(**batch).logits
+            preds.append(logits.squeeze(-1).numpy() if task.labels is None else logits.argmax(-1).numpy())
+        results[split] = glue.compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
+    return results
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(cfg: DictConfig) -> dict:
+    """The whole pipeline for one task; returns (and writes) the results."""
+    task = glue.get_task(cfg.task.name)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    kernels.set_compile(bool(cfg.compile))
+    src = model_path(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    quant = bool(cfg.quant_mode)
+    need_fp32_stage = not (quant and cfg.init_from)
+    data = load_data(cfg, task, tokenizer, need_train=True)
+    log.info("task %s: %d train examples, dev %s", task.name, len(data.train),
+             {k: len(v) for k, v in data.dev.items()})
+    times, models = {}, {}
+    labels = dict(num_labels=task.num_labels, problem_type="regression" if task.labels is None else None)
+
+    if need_fp32_stage:
+        fp32_done = out / "fp32" / DONE
+        if fp32_done.exists():
+            model = load_pretrained(IBertForSequenceClassification, out / "fp32" / "model", quant_mode=False)
+        else:
+            model = load_pretrained(IBertForSequenceClassification, src, quant_mode=False, **labels)
+            times["fp32_train_s"] = train_stage("fp32", model, data, cfg, cfg.recipe.lr, cfg.recipe.epochs,
+                                                cfg.recipe.max_steps, out)
+            finish_stage("fp32", model, tokenizer, out)
+        models["fp32"] = model
+    init = Path(cfg.init_from) if cfg.init_from else out / "fp32" / "model"
+    if quant:
+        if not (out / "qat" / DONE).exists():
+            qmodel = load_pretrained(IBertForSequenceClassification, init, quant_mode=True,
+                                     force_dequant=cfg.force_dequant)
+            times["qat_train_s"] = train_stage("qat", qmodel, data, cfg, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
+                                               cfg.recipe.qat_max_steps, out)
+            finish_stage("qat", qmodel, tokenizer, out)
+        qmodel = load_pretrained(IBertForSequenceClassification, out / "qat" / "model", quant_mode=True,
+                                 force_dequant=cfg.force_dequant)
+        models["fake-quant"] = qmodel
+        if cfg.force_dequant == "none":
+            integer_dir = out / "integer"
+            if not (integer_dir / DONE).exists():
+                _atomic_dir(integer_dir, lambda d: save_integer(convert_to_integer(qmodel.eval()), d))
+                (integer_dir / DONE).write_text("done\n")
+            models["integer-only"] = load_integer(integer_dir)
+        if "fp32" not in models and cfg.init_from:
+            models["fp32"] = load_pretrained(IBertForSequenceClassification, init, quant_mode=False)
+
+    metrics = {}
+    for path, model in models.items():
+        t = time.time()
+        metrics[path] = evaluate(model, data, task, cfg.recipe.eval_batch_size)
+        times[f"{path}_eval_s"] = time.time() - t
+    results = {
+        "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times,
+        "seed": cfg.seed, "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(out / "results.json", results)
+    print(format_table(task, metrics))
+    return results
+
+
+def format_table(task: glue.Task, metrics: dict[str, dict[str, dict[str, float]]]) -> str:
+    splits = list(next(iter(metrics.values())))
+    cols = [f"{s} {m}" if len(splits) > 1 else m for s in splits for m in task.metrics]
+    lines = [f"| path | {' | '.join(cols)} |", "|---|" + "---|" * len(cols)]
+    for path, per_split in metrics.items():
+        vals = [f"{per_split[s][m]:.2f}" for s in splits for m in task.metrics]
+        lines.append(f"| {path} | {' | '.join(vals)} |")
+    return f"\n{task.name} (dev)\n" + "\n".join(lines)

@@ -1,0 +1,30 @@
+"""GLUE fine-tuning with I-BERT: fp32, then QAT and the integer-only engine when quant_mode=true.
+
+    python scripts/train.py task=sst2                      # fp32 fine-tune
+    python scripts/train.py task=sst2 quant_mode=true      # fp32 -> QAT -> integer engine, all evaluated
+    python scripts/train.py task=rte quant_mode=true init_from=runs/rte/minilm/fp32-none-seed42/fp32/model
+    python scripts/train.py -m task=sst2 quant_mode=true force_dequant=none,gelu,softmax,layernorm,nonlinear
+Run again with the same arguments to resume a killed run. Results: <run dir>/results.json.
+"""
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from ibert.training import run  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("ibert").setLevel(logging.INFO)
+    with open_dict(cfg):
+        if cfg.quant_mode and cfg.path.name == "fp32":  # quant_mode=true given on its own picks the QAT path
+            cfg.path.name = "qat"
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
