@@ -80,7 +80,7 @@ class _IntLayerNorm(nn.Module):
     def __init__(self, n: int):
         super().__init__()
         self.register_buffer("eps", torch.zeros(1, dtype=torch.int64))
-        self.register_buffer("beta", torch.zeros(n, dtype=torch.int32))
+        self.register_buffer("beta", torch.zeros(n, dtype=torch.int64))
         self.out = _Requant(n)
 
     def set(self, ln, s_in: torch.Tensor, act: QuantAct) -> torch.Tensor:

@@ -75,7 +75,7 @@ def default_specs() -> list[KernelSpec]:
                    {"x_ptr": "*i32", "mask_ptr": "*i32", "p_ptr": "*i64", "y_ptr": "*u8", "S": "i32",
                     "rows_per_batch": "i32", **c(softmax_flags)}, softmax_flags),
         KernelSpec("layernorm", _layernorm_kernel,
-                   {"x_ptr": "*i32", "eps_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "beta_ptr": "*i32",
+                   {"x_ptr": "*i32", "eps_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "beta_ptr": "*i64",
                     "y_ptr": "*i8", "N": "i32", **c(ln_flags)}, ln_flags),
     ]
 

@@ -4,7 +4,7 @@ one integer division per row, gamma and beta applied in the output requantizatio
 Per row: y = N x - sum(x) (that is N (x - mean), exact: no rounded mean); a signed shift sh = max(bitlen(max|y|) - 15, -14) brings |y| to 15 bits for the
 variance (exact in int64, and precise for small rows too); std = isqrt(var + eps) (at least 1, so a constant
 row gives beta, not NaN); the normalised value y * floor(2**30 / std) >> (sh + 14) has scale 2**-16;
-then out = round(norm * m_c / 2**e_c) + beta_c.
+then out = round((norm * m_c + beta_c) / 2**e_c): gamma and beta in one rounding (beta_c = beta / s_out * 2**e_c).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ NORM_BITS = 16  # the normalised value has scale 2**-NORM_BITS
 VAR_BITS = 15  # |y| is shifted to VAR_BITS bits for the sum of squares
 MIN_SHIFT = NORM_BITS - 30  # keeps the final shift sh + 30 - NORM_BITS >= 0
 NEWTON_STEPS = 6  # from a start within 2x of the root, exact for inputs below 2**62
+MAX_OUT_SHIFT = 53  # keeps |norm * m| + |beta_c| below 2**63
 
 
 def layernorm_params(
@@ -41,13 +42,18 @@ def layernorm_params(
     """Integer constants of i-LayerNorm.
 
     in_scale, out_scale: float, one element; weight (gamma), bias (beta): float [N]; eps as in nn.LayerNorm.
-    Returns eps_int: int64 [1] (eps in units of (in_scale / N)**2, N = weight.numel()), m, e: int32 [N] (gamma / (2**16 out_scale)),
-    beta_int: int32 [N] (beta / out_scale, rounded and saturated to `bits` bits).
+    Returns eps_int: int64 [1] (eps in units of (in_scale / N)**2, N = weight.numel()), m, e: int32 [N]
+    (gamma / (2**16 out_scale) = m * 2**-e, e <= 53), beta_int: int64 [N] (beta / out_scale * 2**e, with
+    beta / out_scale saturated to +-2**bits, beyond which the output saturates anyway).
     """
-    s_in = in_scale.double().reshape(1)
-    eps_int = torch.floor(eps * weight.numel() ** 2 / s_in**2).clamp(max=2.0**62).long()
-    m, e = dyadic(weight.double() / (2.0**NORM_BITS * out_scale.double().reshape(1)))
-    beta_int = torch.round(bias.double() / out_scale.double().reshape(1)).clamp(-qmax(bits), qmax(bits)).int()
+    n = weight.numel()
+    s_in, s_out = in_scale.double().reshape(1), out_scale.double().reshape(1)
+    eps_int = torch.floor(eps * n**2 / s_in**2).clamp(max=2.0**62).long()
+    m, e = dyadic(weight.double() / (2.0**NORM_BITS * s_out))
+    excess = (e.long() - MAX_OUT_SHIFT).clamp(min=0)
+    m, e = (m.long() >> excess).int(), (e.long() - excess).int()
+    beta = (bias.double() / s_out).clamp(-(2.0**bits), 2.0**bits)
+    beta_int = torch.round(beta * 2.0 ** e.double()).long()
     return eps_int, m, e, beta_int
 
 
@@ -72,7 +78,7 @@ def layernorm_reference(x, eps_int, m, e, beta_int, bits):
     std = isqrt_reference(var + eps_row)
     norm = (y * ((1 << 30) // std)) >> (sh + 30 - NORM_BITS)
     q = qmax(bits)
-    out = rshift_round_reference(norm * m.long(), e.long()) + beta_int.long()
+    out = rshift_round_reference(norm * m.long() + beta_int, e.long())
     return out.clamp(-q, q).to(out_dtype(bits))
 
 
@@ -92,7 +98,8 @@ def _isqrt(n):
 def _layernorm_kernel(
     x_ptr,  # [R, N] int32
     eps_ptr,  # [1] int64
-    m_ptr, e_ptr, beta_ptr,  # [N] int32
+    m_ptr, e_ptr,  # [N] int32
+    beta_ptr,  # [N] int64
     y_ptr,  # [R, N] int8 / int32
     N,
     QMAX: tl.constexpr, VAR_BITS_: tl.constexpr, MIN_SHIFT_: tl.constexpr, NORM_BITS_: tl.constexpr,
@@ -115,7 +122,7 @@ def _layernorm_kernel(
     m = tl.load(m_ptr + offs, mask=valid, other=0).to(tl.int64)
     e = tl.load(e_ptr + offs, mask=valid, other=0).to(tl.int64)
     beta = tl.load(beta_ptr + offs, mask=valid, other=0).to(tl.int64)
-    out = rshift_round(norm * m, e) + beta
+    out = rshift_round(norm * m + beta, e)
     out = tl.minimum(tl.maximum(out, -QMAX), QMAX)
     tl.store(y_ptr + row * N + offs, out.to(y_ptr.dtype.element_ty), mask=valid)
 
@@ -139,7 +146,7 @@ def layernorm(
     check_bits(bits)
     check_tensor("eps_int", eps_int, (torch.int64,))
     check_multiplier(m, e, n)
-    check_tensor("beta_int", beta_int, (torch.int32,), 1)
+    check_tensor("beta_int", beta_int, (torch.int64,), 1)
     if m.numel() != n or beta_int.numel() != n:
         raise ValueError(f"m, e and beta_int must have one element per channel ({n})")
     check_same_device(x=x, eps_int=eps_int, m=m, e=e, beta_int=beta_int)

@@ -5,7 +5,8 @@ by z (the paper's form; no 60-bit intermediates). Everything is int32: scores an
 differences below -2**30 are clipped (exp is 0 there at any output width), a fine scale is first coarsened
 by a right shift to at least 2**-14 (the polynomial then stays below 2**30), and the exps are shifted to
 about 15 bits before the row sum, so that the sum, the one division per row and the normalisation all stay
-below 2**31.
+below 2**31. P = min(round(e * floor((2**31 - 1) / sum) / 2**(31-k)), 2**k - 1): rounded to nearest (as
+`((v >> (30-k)) + 1) >> 1`, which cannot overflow), saturated only for a row that is all one key.
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def softmax_reference(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor 
     top = y.amax(dim=-1, keepdim=True)
     ex = int_exp_reference(torch.maximum(y, top - CLIP) - top, params)
     factor = (2**31 - 1) // ex.sum(dim=-1, keepdim=True, dtype=torch.int32)
-    return ((ex * factor) >> (31 - out_bits)).to(torch.uint8 if out_bits <= 8 else torch.int32)
+    p = (((ex * factor) >> (30 - out_bits)) + 1) >> 1
+    return p.clamp(max=(1 << out_bits) - 1).to(torch.uint8 if out_bits <= 8 else torch.int32)
 
 
 _softmax_torch = maybe_compiled(softmax_reference)
@@ -107,7 +109,7 @@ def _softmax_kernel(
     ex = ((p + b) * p + c) >> tl.minimum(z + shift, 31)
     ex = tl.where(valid, ex, 0)
     factor = (2**31 - 1) // tl.sum(ex, axis=0)
-    y = (ex * factor) >> (31 - OUT_BITS)
+    y = tl.minimum((((ex * factor) >> (30 - OUT_BITS)) + 1) >> 1, (1 << OUT_BITS) - 1)
     tl.store(y_ptr + row * S + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
 
 

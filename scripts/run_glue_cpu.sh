@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 export GLUE_DIR="${GLUE_DIR:-$(cd .. && pwd)/shared/glue_data}"
 mkdir -p runs/logs
 run() { local name=$1; shift; echo "== $name: python scripts/train.py $*"; /usr/bin/time -v python scripts/train.py "$@" > "runs/logs/$name.log" 2>&1; }
+for t in mrpc rte cola stsb; do run "$t" experiment=small_task_minilm_cpu task=$t; done
 run sst2 experiment=sst2_minilm_cpu
 run sst2_ablation -m sweep=force_dequant task=sst2 init_from=runs/sst2/minilm/qat-none-seed42/fp32/model
-for t in mrpc rte cola stsb; do run "$t" experiment=small_task_minilm_cpu task=$t; done
-python scripts/report.py runs multirun --out RESULTS_runs.md --plot benchmarks/glue_results.png
+python scripts/report.py runs multirun --out benchmarks/glue_runs.md --plot benchmarks/glue_results.png

@@ -228,7 +228,7 @@ def test_softmax_extremes_no_overflow():
         params = softmax_params(torch.tensor(s))
         a, b = both(softmax, x, params)
         assert torch.equal(a, b)
-        assert b.long().sum(-1).max() <= 255
+        assert ((b.long().sum(-1) - 256).abs() <= 4 / 2 + 1).all()
         assert torch.equal(softmax_reference(x.long(), params, None, 8), b)  # no int32 overflow
     long_row = randint(-(2**31), 2**31 - 1, (1, 1, 4096), torch.int32)
     a, b = both(softmax, long_row, softmax_params(torch.tensor(1e-6)))
@@ -241,17 +241,17 @@ def test_softmax_masked_keys_get_zero_and_rows_sum_to_one():
     mask[1, 40:] = -(2**30)
     p = softmax(x, softmax_params(torch.tensor(1e-3)), mask, backend="torch")
     assert (p[1, :, 40:] == 0).all()
-    total = p.long().sum(-1)
-    assert (total <= 255).all() and (total >= 255 - 64).all()
+    total = p.long().sum(-1)  # each output rounded: the sum is 256 +- half the number of keys
+    assert ((total - 256).abs() <= 64 / 2).all()
 
 
 def test_softmax_float_error_on_attention_scores():
-    """Realistic attention scores (std ~3 logits, 128 keys): max error about one output step (1/256)."""
+    """Realistic attention scores (std ~3 logits, 128 keys): max error within one output step (1/256)."""
     s = 3e-4
     scores = (torch.randn(8, 128, 128, generator=torch.Generator().manual_seed(0)) * 3 / s).round().int()
     p = softmax(scores, softmax_params(torch.tensor(s)), backend="torch").double() / 256
     ref = torch.softmax(scores.double() * s, -1)
-    assert (p - ref).abs().max() <= 1.2 / 256
+    assert (p - ref).abs().max() <= 1.0 / 256
 
 
 # ---------------------------------------------------------------- i-LayerNorm
@@ -281,7 +281,7 @@ def test_layernorm_constant_row_gives_beta():
         p = layernorm_params(torch.tensor(1e-3), torch.ones(64), torch.linspace(-1, 1, 64), eps, torch.tensor(0.05))
         a, b = both(layernorm, x, *p)
         assert torch.equal(a, b)
-        assert torch.equal(b[0].int(), p[3])
+        assert torch.equal(b[0].long(), torch.round(torch.linspace(-1, 1, 64).double() / 0.05).long())
 
 
 def test_layernorm_honours_eps():
@@ -294,7 +294,7 @@ def test_layernorm_honours_eps():
 
 
 def test_layernorm_float_error_on_residual_sums():
-    """22-bit residual sums with outlier channels: error within one output step plus rounding of beta."""
+    """22-bit residual sums with outlier channels: error within 0.6 output steps (rounding is 0.5)."""
     g = torch.Generator().manual_seed(0)
     h = torch.randn(16, 768, generator=g, dtype=torch.float64)
     h[:, 5] *= 40
@@ -305,7 +305,7 @@ def test_layernorm_float_error_on_residual_sums():
     s_out = ref.abs().max().item() / 127
     p = layernorm_params(torch.tensor(s_in), weight, bias, 1e-12, torch.tensor(s_out))
     y = layernorm(x, *p, backend="torch").double() * s_out
-    assert (y - ref).abs().max() <= 1.01 * s_out
+    assert (y - ref).abs().max() <= 0.6 * s_out
 
 
 def test_isqrt_exact():
