@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels._utils import maybe_compiled
+from kernels.requant import requantize_reference
 
 EPS_SCALE = 1e-8  # smallest scale: a tensor of zeros still gets a finite scale
 
@@ -32,6 +34,19 @@ def ste(y_float: torch.Tensor, y_exact: torch.Tensor) -> torch.Tensor:
 def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """The integers a scaled float tensor holds (exact: x was produced as integer * scale)."""
     return torch.round(x.detach() / scale).long()
+
+
+def _requant_values(x: torch.Tensor, s_in: torch.Tensor, m: torch.Tensor, e: torch.Tensor, bits: int,
+                    s_out: torch.Tensor, identity: torch.Tensor | None, s_id: torch.Tensor | None,
+                    mr: torch.Tensor | None, er: torch.Tensor | None) -> torch.Tensor:
+    """`kernels.requantize` of the integers x (and identity) hold, as float values of scale s_out.
+    One fused graph under `kernels.set_compile(True)`: the QAT step's hottest elementwise work."""
+    res = None if identity is None else torch.round(identity / s_id).long()
+    q = requantize_reference(torch.round(x / s_in).long(), m, e, bits, res, mr, er)
+    return q.float() * s_out
+
+
+_requant_values_fused = maybe_compiled(_requant_values)
 
 
 def weight_scale(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
@@ -67,7 +82,7 @@ class QuantAct(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = x.detach().min().reshape(1).float(), x.detach().max().reshape(1).float()
+        lo, hi = (v.reshape(1).float() for v in torch.aminmax(x.detach()))
         if bool((self.x_min == self.x_max).all()):
             self.x_min.copy_(lo)
             self.x_max.copy_(hi)
@@ -95,11 +110,11 @@ class QuantAct(nn.Module):
             q = torch.clamp(torch.round(total.detach() / s_out), -qmax(self.bits), qmax(self.bits))
             return ste(total, q * s_out), s_out
         m, e = self.multiplier(s_in)
-        res = mr = er = None
-        if identity is not None:
-            res, (mr, er) = to_int(identity, s_id), self.multiplier(s_id)
-        q = kernels.requantize(to_int(x, s_in), m, e, self.bits, res, mr, er)
-        return ste(total, q.float() * s_out), s_out
+        mr, er = self.multiplier(s_id) if identity is not None else (None, None)
+        with torch.no_grad():
+            y = _requant_values_fused(x.detach(), s_in, m, e, self.bits, s_out,
+                                      None if identity is None else identity.detach(), s_id, mr, er)
+        return ste(total, y), s_out
 
 
 class QuantEmbedding(nn.Embedding):
