@@ -345,6 +345,13 @@ class IBertClassificationHead(nn.Module):
         return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
 
 
+def encoder_inputs(args: dict) -> dict:
+    """The encoder's keyword arguments, picked from a head's forward arguments (`locals()`)."""
+    names = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
+             "output_attentions", "output_hidden_states")
+    return {**{k: args[k] for k in names}, "return_dict": True}
+
+
 def _tuple(loss, logits, out):
     rest = tuple(v for v in (out.hidden_states, out.attentions) if v is not None)
     return ((loss,) if loss is not None else ()) + (logits,) + rest
@@ -370,10 +377,7 @@ class IBertForMaskedLM(IBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
-        out = self.ibert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                         return_dict=True)
+        out = self.ibert(**encoder_inputs(locals()))
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:
@@ -411,10 +415,7 @@ class IBertForSequenceClassification(IBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
-        out = self.ibert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                         return_dict=True)
+        out = self.ibert(**encoder_inputs(locals()))
         logits = self.classifier(out.last_hidden_state)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels.to(logits.device))
         if return_dict is False:
@@ -461,10 +462,7 @@ class IBertForTokenClassification(IBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
-        out = self.ibert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                         return_dict=True)
+        out = self.ibert(**encoder_inputs(locals()))
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
@@ -486,10 +484,7 @@ class IBertForQuestionAnswering(IBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
-        out = self.ibert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                         position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
-                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                         return_dict=True)
+        out = self.ibert(**encoder_inputs(locals()))
         start, end = self.qa_outputs(out.last_hidden_state).split(1, dim=-1)
         start, end = start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
         loss = None
