@@ -360,3 +360,41 @@ def test_mixed_devices_raise():
 
 def test_public_api():
     assert set(kernels.__all__) >= {"int8_matmul", "int8_bmm", "requantize", "dyadic", "gelu", "softmax", "layernorm"}
+
+
+# ---------------------------------------------------------------- compiled torch backend, GPU
+@pytest.mark.slow
+def test_compiled_torch_backend_is_identical():
+    """`set_compile(True)` only fuses the references: results are the same integers."""
+    x = randint(-(2**21), 2**21, (5, 96), torch.int32)
+    a = randint(-128, 127, (9, 64), torch.int8)
+    w = randint(-128, 127, (96, 64), torch.int8)
+    m, e = dyadic(torch.rand(96, dtype=torch.float64) * 1e-3)
+    gp, gs = gelu_params(torch.tensor(3e-4))
+    m2, e2 = dyadic(gs.double() / 0.02)
+    sc = randint(-20000, 20000, (2, 3, 4, 40), torch.int32)
+    _, _, lp = ln_params(96)
+    calls = [
+        lambda: requantize(x, m, e, 8, backend="torch"),
+        lambda: int8_matmul(a, w, None, m, e, 8, backend="torch"),
+        lambda: kernels.int8_matmul_gelu(a, w, None, m, e, gp, m2, e2, backend="torch"),
+        lambda: softmax(sc, softmax_params(torch.tensor(1e-3)), backend="torch"),
+        lambda: layernorm(x, *lp, backend="torch"),
+    ]
+    eager = [f() for f in calls]
+    kernels.set_compile(True)
+    try:
+        assert all(torch.equal(f(), ref) for f, ref in zip(calls, eager))
+    finally:
+        kernels.set_compile(False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,K,N", [(1, 64, 8), (1024, 768, 3072), (4096, 3072, 768)])
+def test_triton_on_gpu_equals_reference(M, K, N):
+    a = randint(-128, 127, (M, K), torch.int8).cuda()
+    b = randint(-128, 127, (N, K), torch.int8).cuda()
+    bias = randint(-(2**16), 2**16, (N,), torch.int32).cuda()
+    m, e = dyadic(torch.rand(N, dtype=torch.float64, device="cuda") * 1e-4)
+    x, y = both(int8_matmul, a, b, bias, m, e, 8)
+    assert torch.equal(x, y)
