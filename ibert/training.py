@@ -169,6 +169,7 @@ def git_commit() -> str:
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one task; returns (and writes) the results."""
     task = glue.get_task(cfg.task.name)
+    commit = git_commit()  # the code that runs is the code checked out at the start
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
@@ -224,7 +225,7 @@ def run(cfg: DictConfig) -> dict:
         times[f"{path}_eval_s"] = time.time() - t
     results = {
         "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times,
-        "seed": cfg.seed, "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True),
+        "seed": cfg.seed, "git_commit": commit, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic_write_json(out / "results.json", results)
     print(format_table(task, metrics))
