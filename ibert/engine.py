@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import kernels
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
 from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
-from ibert import modeling
+from ibert import atomic, modeling
 from ibert.configuration import IBertConfig
 from ibert.quant import IntSoftmax, QuantAct, QuantLinear, qmax
 
@@ -305,8 +304,8 @@ def save_integer(engine: nn.Module, directory: str | os.PathLike) -> None:
     config = engine.config.to_dict()
     config.update(ibert_format=FORMAT, ibert_format_version=FORMAT_VERSION, ibert_class=type(engine).__name__,
                   ibert_add_pooling_layer=_integer_part(engine).pooler is not None)
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(_untie(tensors), p, metadata={"format": FORMAT}))
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
+    atomic.write_file(directory / WEIGHTS_NAME, lambda p: save_file(_untie(tensors), p, metadata={"format": FORMAT}))
+    atomic.write_file(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True)))
 
 
 def load_integer(directory: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -360,15 +359,3 @@ def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[k] = v.clone() if ptr in seen else v
         seen.add(ptr)
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 import kernels
-from ibert import glue
+from ibert import atomic, glue
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from ibert.modeling import IBertForSequenceClassification
@@ -60,29 +58,6 @@ def load_data(cfg: DictConfig, task: glue.Task, tokenizer, need_train: bool) -> 
     train = encode("train", cfg.recipe.max_train_samples) if need_train else None
     dev = {split: encode(split, cfg.recipe.max_eval_samples) for split in task.dev_splits}
     return Data(train, dev, DataCollatorWithPadding(tokenizer, return_tensors="pt"))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_dir(final: Path, write) -> None:
-    """Write a directory under a temporary name, then rename it into place."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cfg: DictConfig, lr: float,
@@ -129,16 +104,16 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch, lr=f"{sched.get_last_lr()[0]:.2e}")
         if step % r.checkpoint_every == 0 or step == total:
-            _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "step": step},
-                               ckpt)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "step": step}
+            atomic.write_file(ckpt, lambda p: torch.save(state, p))
     bar.close()
     return time.time() - start
 
 
 def finish_stage(name: str, model, tokenizer, out: Path) -> None:
     """Save the stage's final model (HuggingFace layout) and mark the stage done."""
-    _atomic_dir(out / name / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    atomic.write_dir(out / name / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     (out / name / DONE).write_text("done\n")
     (out / name / "last.pt").unlink(missing_ok=True)
 
@@ -212,7 +187,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.force_dequant == "none":
             integer_dir = out / "integer"
             if not (integer_dir / DONE).exists():
-                _atomic_dir(integer_dir, lambda d: save_integer(convert_to_integer(qmodel.eval()), d))
+                atomic.write_dir(integer_dir, lambda d: save_integer(convert_to_integer(qmodel.eval()), d))
                 (integer_dir / DONE).write_text("done\n")
             models["integer-only"] = load_integer(integer_dir)
         if "fp32" not in models and cfg.init_from:
@@ -227,7 +202,7 @@ def run(cfg: DictConfig) -> dict:
         "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times,
         "seed": cfg.seed, "git_commit": commit, "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    atomic_write_json(out / "results.json", results)
+    atomic.write_file(out / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2, default=str)))
     print(format_table(task, metrics))
     return results
 

@@ -7,7 +7,6 @@ Prints markdown tables and appends every figure to benchmarks/results.csv.
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 import torch.nn.functional as F

@@ -85,7 +85,7 @@ def main() -> None:
     print_table(f"forward, {case}, {args.layers} layers ({dev_name})", rows, ["path", "ms", "fp32 time / this"])
 
     if not args.no_train:
-        labels_model = {}
+        step_ms = {}
         for name, quant in (("fp32", False), ("fake-quant", True)):
             m = ibert.IBertForSequenceClassification(ibert.IBertConfig(**roberta_base(args.layers), quant_mode=quant,
                                                                        num_labels=2)).to(dev).train()
@@ -99,13 +99,13 @@ def main() -> None:
                 loss.backward()
                 opt.step()
 
-            labels_model[name] = measure(step, dev, repeats=3, warmup=1)
-            print(f"train step {name}: {labels_model[name]:.1f} ms", flush=True)
-        r = labels_model["fake-quant"] / labels_model["fp32"]
-        train_rows = [{"step": k, "ms": f"{v:.1f}"} for k, v in labels_model.items()]
+            step_ms[name] = measure(step, dev, repeats=3, warmup=1)
+            print(f"train step {name}: {step_ms[name]:.1f} ms", flush=True)
+        r = step_ms["fake-quant"] / step_ms["fp32"]
+        train_rows = [{"step": k, "ms": f"{v:.1f}"} for k, v in step_ms.items()]
         train_rows.append({"step": "fake-quant / fp32", "ms": f"{r:.2f}x"})
         append_rows([{"device": dev_name, "benchmark": "train-step", "case": case, "impl": k, "ms": f"{v:.1f}"}
-                     for k, v in labels_model.items()])
+                     for k, v in step_ms.items()])
         print_table(f"training step (forward + backward + AdamW), {case}", train_rows, ["step", "ms"])
 
     if not args.no_grid:
