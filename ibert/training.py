@@ -60,6 +60,24 @@ def load_data(cfg: DictConfig, task: glue.Task, tokenizer, need_train: bool) -> 
     return Data(train, dev, DataCollatorWithPadding(tokenizer, return_tensors="pt"))
 
 
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool) -> list[np.ndarray]:
+    """The batches (index arrays) of one epoch, ceil(n / batch_size) of them, from a seeded permutation.
+
+    Grouped by length (as HuggingFace's `group_by_length`): each run of 50 batches is sorted by length before
+    it is cut, and the batches are then shuffled, so a batch pads to about its own length, not the longest.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        mega = 50 * batch_size
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                for c in np.split(order, range(mega, len(order), mega))])
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cfg: DictConfig, lr: float,
                 epochs: float, max_steps: int | None, out: Path) -> float:
     """Fine-tune `model` in place (resuming from out/name/last.pt); returns the seconds this call trained."""
@@ -88,12 +106,13 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
     model.train()
     start = time.time()
     bar = tqdm(total=total, initial=step, desc=f"{name}", unit="step", dynamic_ncols=True)
-    order = None
+    lengths = np.array([len(ex["input_ids"]) for ex in data.train])
+    batches = None
     while step < total:
         epoch, i = divmod(step, steps_per_epoch)
-        if i == 0 or order is None:
-            order = np.random.default_rng(cfg.seed + epoch).permutation(len(data.train))
-        batch = data.collate([data.train[j] for j in order[i * r.batch_size:(i + 1) * r.batch_size]])
+        if i == 0 or batches is None:
+            batches = epoch_batches(lengths, r.batch_size, cfg.seed + epoch, r.group_by_length)
+        batch = data.collate([data.train[j] for j in batches[i]])
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

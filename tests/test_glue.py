@@ -76,6 +76,22 @@ def test_metrics():
     assert set(m) == {"pearson", "spearmanr"}
 
 
+@pytest.mark.parametrize("group", [False, True])
+def test_epoch_batches_cover_every_example_once(group):
+    from ibert.training import epoch_batches
+    lengths = np.random.default_rng(0).integers(1, 60, size=1000)
+    batches = epoch_batches(lengths, 32, seed=3, group_by_length=group)
+    assert len(batches) == 32  # ceil(1000 / 32)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert sorted(len(b) for b in batches)[1:] == [32] * 31
+    assert all(np.array_equal(a, b) for a, b in zip(batches, epoch_batches(lengths, 32, 3, group)))
+    padded = np.mean([lengths[b].max() for b in batches])
+    if group:  # each batch pads to about its own length
+        assert padded < 1.2 * lengths.mean()
+    else:
+        assert padded > 1.5 * lengths.mean()
+
+
 @needs_glue
 @pytest.mark.parametrize("task,rows", [("sst2", 872), ("mrpc", 408), ("stsb", 1500), ("cola", 1043), ("rte", 277),
                                        ("qnli", 5463)])
