@@ -155,7 +155,8 @@ class IntegerLayer(nn.Module):
         qkv = kernels.int8_matmul(x2, self.qkv.weight, self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,
                                   backend=backend)
         q, k, v = qkv.view(B, S, 3, nh, d).permute(2, 0, 3, 1, 4).reshape(3, B * nh, S, d).unbind(0)
-        scores = kernels.int8_bmm(q.contiguous(), k.contiguous(), backend=backend)
+        # K^T laid out [B*nh, d, S]: each head's product reads a contiguous [K, N] operand
+        scores = kernels.int8_bmm(q.contiguous(), k.transpose(1, 2).contiguous().transpose(1, 2), backend=backend)
         probs = kernels.softmax(scores.view(B, nh, S, S), self.softmax_params, mask, self.softmax_bits,
                                 backend=backend)
         if head_mask is not None:

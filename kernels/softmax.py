@@ -54,11 +54,21 @@ def exp_scale(scale: torch.Tensor) -> torch.Tensor:
     return EXP_COEF[0] * (scale.double().reshape(1) * 2.0 ** p[4].double()) ** 2 * 2.0 ** p[3].double()
 
 
+def floor_div_small(d: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """d // x0 for int32 MAX_Z * x0 <= d <= 0 and x0 < 0, i.e. a quotient in [0, MAX_Z]: five compare-and-select
+    steps of a binary search, which vectorize (x86 has no vector integer division). Equal to `d // x0`."""
+    z = torch.zeros_like(d)
+    for bit in (16, 8, 4, 2, 1):
+        t = z + bit
+        z = torch.where(d <= t * x0, t, z)
+    return z
+
+
 def int_exp_reference(d: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """exp of int32 integers -2**30 <= d <= 0 (of the input scale) -> int32 of scale `exp_scale`."""
     x0, b, c, shift, r = params.int()
     d = torch.maximum(d >> r, MAX_Z * x0)
-    z = d // x0
+    z = floor_div_small(d, x0)
     p = d - z * x0
     return ((p + b) * p + c) >> (z + shift).clamp(max=31)
 

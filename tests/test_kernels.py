@@ -10,7 +10,7 @@ from kernels import (
     softmax_params,
 )
 from kernels.layernorm import isqrt_reference
-from kernels.softmax import exp_scale, int_exp_reference, softmax_reference
+from kernels.softmax import MAX_Z, exp_scale, floor_div_small, int_exp_reference, softmax_reference
 
 I32 = (-(2**31), 2**31 - 1)
 
@@ -206,6 +206,13 @@ def test_int_exp_error_bound():
     x = torch.arange(int(math.floor(-math.log(2) / s)) + 1, 1, dtype=torch.int64)  # (-ln2, 0]
     y = int_exp_reference(x, params).double() * exp_scale(torch.tensor(s))
     assert (y - torch.exp(x.double() * s)).abs().max() <= 2e-3
+
+
+@pytest.mark.parametrize("x0", [-1, -2, -5, -87, -11357])
+def test_floor_div_small_is_floor_division(x0):
+    x0 = torch.tensor(x0, dtype=torch.int32)
+    d = torch.arange(MAX_Z * x0.item(), 1, dtype=torch.int32)
+    assert torch.equal(floor_div_small(d, x0), d // x0)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 7), (1, 4, 1023), (2, 2, 3, 128)])
