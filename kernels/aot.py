@@ -56,27 +56,43 @@ def gemm_spec(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, requant=True, a_u
                       {**sig, **{k: "constexpr" for k in flags}}, flags)
 
 
+def _constexprs(flags: dict) -> dict[str, str]:
+    return {k: "constexpr" for k in flags}
+
+
+def requantize_spec(BLOCK: int = 1024) -> KernelSpec:
+    flags = dict(QMAX=127, PER_CHANNEL=True, HAS_RESIDUAL=True, BLOCK=BLOCK)
+    return KernelSpec("requantize", _requantize_kernel,
+                      {"x_ptr": "*i32", "r_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mr_ptr": "*i32",
+                       "er_ptr": "*i32", "y_ptr": "*i8", "total": "i32", "N": "i32", **_constexprs(flags)}, flags)
+
+
+def gelu_spec(BLOCK: int = 1024) -> KernelSpec:
+    flags = dict(IN_MAX=32767, QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=BLOCK)
+    return KernelSpec("gelu", _gelu_kernel,
+                      {"x_ptr": "*i32", "p_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "y_ptr": "*i8",
+                       "total": "i32", "N": "i32", "C": "i32", **_constexprs(flags)}, flags)
+
+
+def softmax_spec(S: int = 512) -> KernelSpec:
+    flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=30, CLIP_=2**30, BLOCK_S=triton.next_power_of_2(S))
+    return KernelSpec("softmax", _softmax_kernel,
+                      {"x_ptr": "*i32", "mask_ptr": "*i32", "p_ptr": "*i64", "y_ptr": "*u8", "S": "i32",
+                       "rows_per_batch": "i32", **_constexprs(flags)}, flags)
+
+
+def layernorm_spec(N: int = 1024) -> KernelSpec:
+    flags = dict(QMAX=127, VAR_BITS_=15, MIN_SHIFT_=-14, NORM_BITS_=16, BLOCK_N=triton.next_power_of_2(N))
+    return KernelSpec("layernorm", _layernorm_kernel,
+                      {"x_ptr": "*i32", "eps_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "beta_ptr": "*i64",
+                       "y_ptr": "*i8", "N": "i32", **_constexprs(flags)}, flags)
+
+
 def default_specs() -> list[KernelSpec]:
     """One representative specialization of every kernel."""
-    requant_flags = dict(QMAX=127, PER_CHANNEL=True, HAS_RESIDUAL=True, BLOCK=1024)
-    gelu_flags = dict(IN_MAX=32767, QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=1024)
-    softmax_flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=30, CLIP_=2**30, BLOCK_S=512)
-    ln_flags = dict(QMAX=127, VAR_BITS_=15, MIN_SHIFT_=-14, NORM_BITS_=16, BLOCK_N=1024)
-    c = lambda flags: {k: "constexpr" for k in flags}
     return [
         gemm_spec(), gemm_spec(requant=False), gemm_spec(BLOCK_M=64, BLOCK_N=64, a_unsigned=True), gemm_spec(gelu=True),
-        KernelSpec("requantize", _requantize_kernel,
-                   {"x_ptr": "*i32", "r_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mr_ptr": "*i32",
-                    "er_ptr": "*i32", "y_ptr": "*i8", "total": "i32", "N": "i32", **c(requant_flags)}, requant_flags),
-        KernelSpec("gelu", _gelu_kernel,
-                   {"x_ptr": "*i32", "p_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "y_ptr": "*i8",
-                    "total": "i32", "N": "i32", "C": "i32", **c(gelu_flags)}, gelu_flags),
-        KernelSpec("softmax", _softmax_kernel,
-                   {"x_ptr": "*i32", "mask_ptr": "*i32", "p_ptr": "*i64", "y_ptr": "*u8", "S": "i32",
-                    "rows_per_batch": "i32", **c(softmax_flags)}, softmax_flags),
-        KernelSpec("layernorm", _layernorm_kernel,
-                   {"x_ptr": "*i32", "eps_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "beta_ptr": "*i64",
-                    "y_ptr": "*i8", "N": "i32", **c(ln_flags)}, ln_flags),
+        requantize_spec(), gelu_spec(), softmax_spec(), layernorm_spec(),
     ]
 
 

@@ -15,6 +15,7 @@ from kernels._utils import (
     check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax, resolve_backend,
 )
 from kernels.requant import requant_epilogue, requantize_reference
+from kernels.tuning import row_config
 
 ERF_A, ERF_B = -0.2888, -1.769
 INPUT_BITS = 16  # inputs saturate to 16 bits, which keeps every product below 2**31
@@ -96,7 +97,7 @@ def _gelu_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _gelu_triton(x, params, m, e, bits, block: int = 1024):
+def _gelu_triton(x, params, m, e, bits, config):
     requant = m is not None
     y = torch.empty(x.shape, dtype=out_dtype(bits) if requant else torch.int32, device=x.device)
     total, C = x.numel(), params.shape[1]
@@ -104,14 +105,14 @@ def _gelu_triton(x, params, m, e, bits, block: int = 1024):
     _gelu_kernel[grid](
         x, params, m if requant else params, e if requant else params, y, total, x.shape[-1], C,
         IN_MAX=qmax(INPUT_BITS), QMAX=qmax(bits) if requant else 0, PER_CHANNEL=C > 1, REQUANT=requant,
-        BLOCK=block,
+        **config,
     )
     return y
 
 
 def gelu(
     x: torch.Tensor, params: torch.Tensor, m: torch.Tensor | None = None, e: torch.Tensor | None = None,
-    bits: int = 8, backend: str = "auto",
+    bits: int = 8, backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """Integer-only GELU.
 
@@ -119,6 +120,7 @@ def gelu(
     params: int64 [5, 1] or [5, N] from `gelu_params(s)`.
     Returns [..., N] int32 with scale `out_scale` from `gelu_params`; or, with a per-tensor dyadic
     multiplier (m, e), that result requantized to `bits` bits (int8 for bits <= 8) in the same pass.
+    config: Triton launch configuration ({BLOCK, num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32,))
     check_tensor("params", params, (torch.int64,), 2)
@@ -136,4 +138,4 @@ def gelu(
         return _gelu_torch(x, params, m, e, bits)
     if not x.is_contiguous():
         raise ValueError("the Triton gelu needs a contiguous x")
-    return _gelu_triton(x, params.contiguous(), m, e, bits)
+    return _gelu_triton(x, params.contiguous(), m, e, bits, config or row_config("gelu", n, x.device))

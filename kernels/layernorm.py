@@ -27,6 +27,7 @@ from kernels._utils import (
     rshift_round_reference,
 )
 from kernels.requant import dyadic
+from kernels.tuning import row_config
 
 NORM_BITS = 16  # the normalised value has scale 2**-NORM_BITS
 VAR_BITS = 15  # |y| is shifted to VAR_BITS bits for the sum of squares
@@ -129,13 +130,14 @@ def _layernorm_kernel(
 
 def layernorm(
     x: torch.Tensor, eps_int: torch.Tensor, m: torch.Tensor, e: torch.Tensor, beta_int: torch.Tensor,
-    bits: int = 8, backend: str = "auto",
+    bits: int = 8, backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """Integer-only LayerNorm over the last dimension.
 
     x: [..., N] int32 (e.g. the 22-bit residual sum), per-tensor scale s_in.
     eps_int, m, e, beta_int: from `layernorm_params(s_in, gamma, beta, eps, s_out, bits)`.
     Returns [..., N] of scale s_out on `bits` bits (int8 for bits <= 8, else int32).
+    config: Triton launch configuration ({num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32,))
     if x.dim() < 1 or x.shape[-1] < 1:
@@ -155,8 +157,10 @@ def layernorm(
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=out_dtype(bits), device=x.device)
     rows = x.numel() // n
+    cfg = config or row_config("layernorm", n, x.device)
     _layernorm_kernel[(rows,)](
         x, eps_int, m, e, beta_int, y, n,
         QMAX=qmax(bits), VAR_BITS_=VAR_BITS, MIN_SHIFT_=MIN_SHIFT, NORM_BITS_=NORM_BITS, BLOCK_N=triton.next_power_of_2(n),
+        num_warps=cfg["num_warps"],
     )
     return y

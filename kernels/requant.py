@@ -21,6 +21,7 @@ from kernels._utils import (
     rshift_round,
     rshift_round_reference,
 )
+from kernels.tuning import row_config
 
 MULTIPLIER_BITS = 30
 MAX_SHIFT = 62
@@ -99,7 +100,7 @@ def _requantize_kernel(
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def _requantize_triton(x, m, e, bits, residual, m_res, e_res, block: int = 1024):
+def _requantize_triton(x, m, e, bits, residual, m_res, e_res, config):
     y = torch.empty(x.shape, dtype=out_dtype(bits), device=x.device)
     total = x.numel()
     has_res = residual is not None
@@ -107,7 +108,7 @@ def _requantize_triton(x, m, e, bits, residual, m_res, e_res, block: int = 1024)
     _requantize_kernel[grid](
         x, residual if has_res else x, m, e, m_res if has_res else m, e_res if has_res else e, y,
         total, x.shape[-1] if x.dim() else 1,
-        QMAX=qmax(bits), PER_CHANNEL=m.numel() > 1, HAS_RESIDUAL=has_res, BLOCK=block,
+        QMAX=qmax(bits), PER_CHANNEL=m.numel() > 1, HAS_RESIDUAL=has_res, **config,
     )
     return y
 
@@ -115,7 +116,7 @@ def _requantize_triton(x, m, e, bits, residual, m_res, e_res, block: int = 1024)
 def requantize(
     x: torch.Tensor, m: torch.Tensor, e: torch.Tensor, bits: int = 8,
     residual: torch.Tensor | None = None, m_res: torch.Tensor | None = None, e_res: torch.Tensor | None = None,
-    backend: str = "auto",
+    backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """Requantize integers to a signed `bits`-bit range with a dyadic multiplier.
 
@@ -124,6 +125,7 @@ def requantize(
     residual: optional [..., N] integer tensor added after its own requantization by (m_res, e_res), per tensor:
         y = clamp(round(x*m/2**e) + round(residual*m_res/2**e_res), -(2**(bits-1)-1), 2**(bits-1)-1).
     Returns [..., N], int8 for bits <= 8, else int32. Rounding is to nearest, halves up.
+    config: Triton launch configuration ({BLOCK, num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32, torch.int64))
     check_bits(bits)
@@ -141,4 +143,4 @@ def requantize(
         return _requantize_torch(x, m, e, bits, residual, m_res, e_res)
     if not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
         raise ValueError("the Triton requantize needs contiguous x and residual")
-    return _requantize_triton(x, m, e, bits, residual, m_res, e_res)
+    return _requantize_triton(x, m, e, bits, residual, m_res, e_res, config or row_config("requantize", n, x.device))

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled, resolve_backend
+from kernels.tuning import row_config
 
 EXP_COEF = (0.35815147, 0.96963238, 1.0)  # exp(p) ~= c0 p^2 + c1 p + c2 on (-ln2, 0]
 EXP_BITS = 15  # exps are shifted to about this many bits before the row sum
@@ -125,7 +126,7 @@ def _softmax_kernel(
 
 def softmax(
     x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor | None = None, out_bits: int = 8,
-    backend: str = "auto",
+    backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """Integer-only softmax over the last dimension.
 
@@ -134,6 +135,7 @@ def softmax(
         integer such as -2**30 to mask a key). A row whose keys are all masked comes out uniform.
     Returns [B, ..., S] of scale 2**-out_bits: uint8 for out_bits <= 8 (0..255 for 8), else int32.
     All arithmetic is int32 and overflow-free for any int32 input and S < 2**16.
+    config: Triton launch configuration ({num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32,))
     if x.dim() < 2:
@@ -155,8 +157,10 @@ def softmax(
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)
     rows = x.numel() // S
+    cfg = config or row_config("softmax", S, x.device)
     _softmax_kernel[(rows,)](
         x, mask.contiguous() if mask is not None else x, params, y, S, max(rows // x.shape[0], 1),
         HAS_MASK=mask is not None, OUT_BITS=out_bits, MAX_Z_=MAX_Z, CLIP_=CLIP, BLOCK_S=triton.next_power_of_2(S),
+        num_warps=cfg["num_warps"],
     )
     return y

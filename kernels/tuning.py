@@ -1,9 +1,15 @@
-"""Tile configurations for the Triton GEMM: defaults per architecture, tuned ones when present.
+"""Launch configurations for the Triton kernels: defaults per architecture, tuned ones when present.
 
 Tuned configurations come from `scripts/autotune.py` on a GPU and live in `kernels/tuned/<arch>.json`
-(or the file named by $IBERT_TUNED_CONFIGS): {"gemm": {"<M>,<N>,<K>": {BLOCK_M, ..., num_stages}}}.
-A shape without an entry takes the entry of the same (N, K) with the nearest M, else the default.
-A malformed file is reported with a warning and ignored.
+(or the file named by $IBERT_TUNED_CONFIGS):
+
+    {"gemm": {"<M>,<N>,<K>": {BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}},
+     "softmax": {"<S>": {num_warps}}, "layernorm": {"<N>": {num_warps}},
+     "gelu": {"<N>": {BLOCK, num_warps}}, "requantize": {"<N>": {BLOCK, num_warps}}}
+
+Every section is optional. A GEMM shape without an entry takes the entry of the same (N, K) with the nearest
+M; a row kernel's size without an entry takes the nearest size's; else the default. A malformed file is
+reported with a warning and ignored.
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from pathlib import Path
 import torch
 
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+# One program per row (softmax, layernorm: the block is the row) or per block of elements (gelu, requantize).
+ROW_KERNEL_KEYS = {"softmax": ("num_warps",), "layernorm": ("num_warps",),
+                   "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps")}
 TUNED_DIR = Path(__file__).parent / "tuned"
 
 # int8 tl.dot needs BLOCK_K >= 32 on NVIDIA; 128x128 tiles need 8 warps to hold the int64 epilogue unspilled.
@@ -24,6 +33,7 @@ _GEMM_DEFAULTS = {
     "sm90": dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
     "interpreter": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=1),
 }
+_ELEMENTWISE_DEFAULT = dict(BLOCK=1024, num_warps=4)
 
 
 def arch_name(device: torch.device) -> str:
@@ -34,38 +44,70 @@ def arch_name(device: torch.device) -> str:
     return f"sm{major}{minor}"
 
 
+def _check_values(cfg: dict, what: str) -> dict:
+    for k, v in cfg.items():
+        if not isinstance(v, int) or v < 1 or ((k.startswith("BLOCK") or k == "num_warps") and v & (v - 1)):
+            raise ValueError(f"bad value {k}={v!r} in {what} config")
+    return cfg
+
+
 def validate_config(cfg: object) -> dict:
-    """A GEMM config dict with exactly CONFIG_KEYS as positive ints (powers of two for the blocks)."""
+    """A GEMM config dict with exactly CONFIG_KEYS as positive ints (powers of two for blocks and warps)."""
     if not isinstance(cfg, dict) or set(cfg) != set(CONFIG_KEYS):
         raise ValueError(f"a GEMM config needs exactly the keys {CONFIG_KEYS}, got {cfg!r}")
-    for k, v in cfg.items():
-        if not isinstance(v, int) or v < 1 or (k.startswith("BLOCK") and v & (v - 1)):
-            raise ValueError(f"bad value {k}={v!r} in GEMM config")
+    _check_values(cfg, "GEMM")
     if cfg["BLOCK_K"] < 32 or min(cfg["BLOCK_M"], cfg["BLOCK_N"]) < 16:
         raise ValueError(f"int8 dot needs BLOCK_K >= 32 and BLOCK_M, BLOCK_N >= 16: {cfg}")
     return cfg
 
 
-def parse_tuned(text: str) -> dict[tuple[int, int, int], dict]:
-    """{(M, N, K): config} from a tuned-config file's text; ValueError naming the problem otherwise."""
+def validate_row_config(kernel: str, cfg: object) -> dict:
+    """A row kernel's config: exactly its ROW_KERNEL_KEYS, num_warps in 1..32, BLOCK >= 128."""
+    if kernel not in ROW_KERNEL_KEYS:
+        raise ValueError(f"unknown kernel {kernel!r}: expected one of {['gemm', *ROW_KERNEL_KEYS]}")
+    keys = ROW_KERNEL_KEYS[kernel]
+    if not isinstance(cfg, dict) or set(cfg) != set(keys):
+        raise ValueError(f"a {kernel} config needs exactly the keys {keys}, got {cfg!r}")
+    _check_values(cfg, kernel)
+    if cfg["num_warps"] > 32 or cfg.get("BLOCK", 128) < 128:
+        raise ValueError(f"{kernel} config needs num_warps <= 32 and BLOCK >= 128: {cfg}")
+    return cfg
+
+
+def _size_key(key: str, parts: int) -> tuple[int, ...]:
+    try:
+        size = tuple(int(x) for x in key.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != parts:
+        raise ValueError(f"bad size key {key!r}: expected {'M,N,K' if parts == 3 else 'an integer'}")
+    return size
+
+
+def parse_tuned(text: str) -> dict[str, dict[tuple[int, ...], dict]]:
+    """{kernel: {size: config}} from a tuned-config file's text (sizes: (M, N, K) for the GEMM, (n,) for the
+    row kernels); ValueError naming the problem otherwise."""
     data = json.loads(text)
-    if not isinstance(data, dict) or not isinstance(data.get("gemm"), dict):
-        raise ValueError('expected {"gemm": {"M,N,K": config}}')
+    if not isinstance(data, dict):
+        raise ValueError('expected a JSON object {"gemm": {"M,N,K": config}, "softmax": {"S": config}, ...}')
     out = {}
-    for key, cfg in data["gemm"].items():
-        try:
-            shape = tuple(int(x) for x in key.split(","))
-        except ValueError as exc:
-            raise ValueError(f"bad shape key {key!r}: expected 'M,N,K'") from exc
-        if len(shape) != 3:
-            raise ValueError(f"bad shape key {key!r}: expected 'M,N,K'")
-        out[shape] = validate_config(cfg)
+    for kernel, entries in data.items():
+        if kernel == "device":
+            continue
+        if kernel != "gemm" and kernel not in ROW_KERNEL_KEYS:
+            raise ValueError(f"unknown kernel {kernel!r}: expected one of {['gemm', *ROW_KERNEL_KEYS]}")
+        if not isinstance(entries, dict):
+            raise ValueError(f'"{kernel}" must map sizes to configs')
+        if kernel == "gemm":
+            out[kernel] = {_size_key(k, 3): validate_config(c) for k, c in entries.items()}
+        else:
+            out[kernel] = {_size_key(k, 1): validate_row_config(kernel, c) for k, c in entries.items()}
     return out
 
 
 @functools.lru_cache(maxsize=None)
-def tuned_configs(arch: str) -> dict[tuple[int, int, int], dict]:
-    """The tuned GEMM configs for an architecture ({} when there are none or the file is malformed)."""
+def tuned_configs(arch: str) -> dict[str, dict[tuple[int, ...], dict]]:
+    """The tuned configs for an architecture ({} when there are none or the file is malformed)."""
     path = Path(os.environ.get("IBERT_TUNED_CONFIGS") or TUNED_DIR / f"{arch}.json")
     if not path.is_file():
         return {}
@@ -79,7 +121,7 @@ def tuned_configs(arch: str) -> dict[tuple[int, int, int], dict]:
 def gemm_config(M: int, N: int, K: int, device: torch.device) -> dict:
     """GEMM tile configuration for this shape and device: tuned if available, else the default."""
     arch = arch_name(device)
-    tuned = tuned_configs(arch)
+    tuned = tuned_configs(arch).get("gemm", {})
     if (M, N, K) in tuned:
         return dict(tuned[(M, N, K)])
     same_nk = [m for (m, n, k) in tuned if (n, k) == (N, K)]
@@ -92,3 +134,15 @@ def gemm_config(M: int, N: int, K: int, device: torch.device) -> dict:
     if M <= 64 and arch != "interpreter":
         cfg.update(BLOCK_M=64)
     return cfg
+
+
+def row_config(kernel: str, n: int, device: torch.device) -> dict:
+    """Launch configuration of a row kernel for rows of n elements (the channel count for gelu/requantize):
+    tuned for the nearest tuned n if any, else the default (4 warps per row up to 2048 elements, 8 above;
+    1024-element blocks for the elementwise kernels)."""
+    tuned = tuned_configs(arch_name(device)).get(kernel, {})
+    if tuned:
+        return dict(tuned[min(tuned, key=lambda size: abs(size[0] - n))])
+    if "BLOCK" in ROW_KERNEL_KEYS[kernel]:
+        return dict(_ELEMENTWISE_DEFAULT)
+    return dict(num_warps=4 if n <= 2048 else 8)

@@ -1,13 +1,14 @@
-"""Sweep the Triton GEMM's configurations over BERT-base/large GLUE inference shapes.
+"""Sweep the Triton kernels' configurations over BERT-base/large GLUE inference shapes.
 
-On a GPU: every configuration is checked against the torch reference (exactly) and timed; the best per
-shape goes to kernels/tuned/<arch>.json, which `kernels.tuning` then loads.
+Kernels: the int8 GEMM (tiles, warps, stages), softmax and layernorm (warps per row), gelu and requantize
+(block size, warps). On a GPU: every configuration is checked against the torch reference (exactly) and
+timed; the best per shape goes to kernels/tuned/<arch>.json, which `kernels.tuning` then loads.
 Without a GPU: every configuration is checked through the interpreter on a small odd shape, and compiled
 ahead of time for sm_80 and sm_90, with registers, spills and shared memory from ptxas; configurations that
 spill, exceed shared memory or fail to compile are flagged.
-Output: a markdown table (stdout and --out), a CSV and a heatmap PNG per architecture.
+Output per kernel: a markdown table, a CSV and heatmap PNGs (registers, spills) under --out.
 
-    python scripts/autotune.py [--quick] [--out benchmarks/autotune]
+    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 BATCHES, SEQS = (1, 8, 32), (128, 256)
+ROW_SIZES = {"softmax": (128, 256), "layernorm": (768, 1024), "gelu": (3072, 4096), "requantize": (768, 3072)}
+KERNELS = ("gemm", *ROW_SIZES)
 BASE_NK = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # (N, K): fused QKV, attn-out, FFN-in, FFN-out
 LARGE_NK = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
 
@@ -41,15 +44,74 @@ def shapes() -> list[tuple[int, int, int]]:
     return [(b * s, n, k) for b in BATCHES for s in SEQS for n, k in BASE_NK + LARGE_NK]
 
 
+def row_sweep_configs(kernel: str, quick: bool = False) -> list[dict]:
+    """A row kernel's space: warps per program, and the block size of the elementwise kernels."""
+    from kernels.tuning import ROW_KERNEL_KEYS
+
+    warps = (2, 4, 8) if quick else (1, 2, 4, 8, 16)
+    if "BLOCK" in ROW_KERNEL_KEYS[kernel]:
+        blocks = (512, 1024, 2048) if quick else (256, 512, 1024, 2048, 4096)
+        return [dict(BLOCK=b, num_warps=w) for b in blocks for w in warps]
+    return [dict(num_warps=w) for w in warps]
+
+
+def kernel_configs(kernel: str, quick: bool = False) -> list[dict]:
+    return sweep_configs(quick) if kernel == "gemm" else row_sweep_configs(kernel, quick)
+
+
 def config_name(cfg: dict) -> str:
-    return f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}"
+    if "BLOCK_M" in cfg:
+        return f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}"
+    return f"{'B%d ' % cfg['BLOCK'] if 'BLOCK' in cfg else ''}w{cfg['num_warps']}"
 
 
-def check_config(cfg: dict, M: int = 70, N: int = 130, K: int = 100, device: str = "cpu") -> bool:
-    """The requantizing GEMM under this config equals the torch reference exactly (odd sizes, residual)."""
+def row_case(kernel: str, lead: tuple[int, ...], n: int, device: str):
+    """Inputs for a row kernel on [*lead, n] ([*lead, n, n] scores for softmax, lead = (batch, heads));
+    returns run(backend, config) -> output."""
     import torch
 
     import kernels
+
+    g = torch.Generator().manual_seed(0)
+
+    def ints(lo: int, hi: int, shape: tuple[int, ...], dtype=torch.int32):
+        return torch.randint(lo, hi, shape, generator=g, dtype=dtype).to(device)
+
+    if kernel == "softmax":
+        x = ints(-20000, 20000, (*lead, n, n))
+        mask = torch.where(ints(0, 8, (lead[0], n)) == 0, -(2**30), 0).int()
+        params = kernels.softmax_params(torch.tensor(5e-4)).to(device)
+        return lambda backend, config: kernels.softmax(x, params, mask, 8, backend=backend, config=config)
+    if kernel == "layernorm":
+        x = ints(-(2**21), 2**21, (*lead, n))
+        gamma, beta = (torch.rand(n, generator=g) + 0.5).to(device), (torch.rand(n, generator=g) - 0.5).to(device)
+        params = kernels.layernorm_params(torch.tensor([1e-4], device=device), gamma, beta, 1e-12,
+                                          torch.tensor([0.03], device=device), 8)
+        return lambda backend, config: kernels.layernorm(x, *params, 8, backend=backend, config=config)
+    if kernel == "gelu":
+        x = ints(-(2**15), 2**15, (*lead, n))
+        params, s_out = kernels.gelu_params(torch.tensor(1e-3))
+        m, e = kernels.dyadic(s_out.double() / 0.02)
+        params, m, e = params.to(device), m.to(device), e.to(device)
+        return lambda backend, config: kernels.gelu(x, params, m, e, 8, backend=backend, config=config)
+    x = ints(-(2**24), 2**24, (*lead, n))
+    m, e = kernels.dyadic(torch.rand(n, generator=g, dtype=torch.float64) * 1e-5)
+    res = ints(-127, 128, (*lead, n), torch.int8)
+    mr, er = kernels.dyadic(torch.tensor([0.5], dtype=torch.float64))
+    m, e, mr, er = m.to(device), e.to(device), mr.to(device), er.to(device)
+    return lambda backend, config: kernels.requantize(x, m, e, 8, res, mr, er, backend=backend, config=config)
+
+
+def check_config(cfg: dict, kernel: str = "gemm", device: str = "cpu") -> bool:
+    """The kernel under this config equals the torch reference exactly, on small odd sizes."""
+    import torch
+
+    import kernels
+
+    if kernel != "gemm":
+        run = row_case(kernel, (2, 3) if kernel == "softmax" else (5,), 37 if kernel == "softmax" else 300, device)
+        return bool(torch.equal(run("triton", dict(cfg)), run("torch", None)))
+    M, N, K = 70, 130, 100
 
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8).to(device)
@@ -63,39 +125,49 @@ def check_config(cfg: dict, M: int = 70, N: int = 130, K: int = 100, device: str
     return bool(torch.equal(kernels.int8_matmul(*args, backend="triton", config=dict(cfg)), ref))
 
 
-def interpreter_checks(configs: list[dict]) -> list[bool]:
+def interpreter_checks(configs: list[dict], kernel: str = "gemm") -> list[bool]:
     """Run `check_config` for each config in a subprocess under TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     code = ("import json, sys; sys.path.insert(0, %r); from scripts.autotune import check_config; "
-            "print(json.dumps([check_config(c) for c in json.loads(sys.stdin.read())]))" % str(ROOT))
+            "print(json.dumps([check_config(c, %r) for c in json.loads(sys.stdin.read())]))" % (str(ROOT), kernel))
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(configs), capture_output=True, text=True,
                          env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def aot_reports(configs: list[dict]) -> list[dict]:
-    """Compile each config for sm_80 and sm_90; registers, spills, shared memory, or the error."""
-    from kernels.aot import ARCHS, compile_spec, gemm_spec, ptxas_report
+def aot_reports(configs: list[dict], kernel: str = "gemm") -> list[dict]:
+    """Compile each config for sm_80 and sm_90 (softmax and layernorm: for each row length, which sets their
+    block); registers, spills, shared memory, or the error. `target` names the heatmap column."""
+    from kernels import aot
 
     rows = []
     for cfg in configs:
-        spec = gemm_spec(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"])
-        for arch in ARCHS:
-            row = {"config": config_name(cfg), "arch": f"sm{arch}", **cfg}
-            try:
-                r = ptxas_report(compile_spec(spec, arch, cfg["num_warps"], cfg["num_stages"]), spec.name, arch)
-                row.update(registers=r.registers, spill_bytes=r.spill_bytes, shared_bytes=r.shared_bytes, error="")
-                flags = []
-                if r.spill_bytes:
-                    flags.append("spills")
-                if r.shared_bytes > SHARED_LIMIT[arch]:
-                    flags.append("shared memory over the limit")
-                row["flag"] = ", ".join(flags)
-            except Exception as exc:  # a config the compiler rejects is a result of the sweep, not a crash
-                row.update(registers="", spill_bytes="", shared_bytes="", error=f"{type(exc).__name__}", flag="no compile")
-            rows.append(row)
-            print(f"{row['config']:<22} {row['arch']} regs={row['registers']} spill={row['spill_bytes']} "
-                  f"smem={row['shared_bytes']} {row['flag']}", flush=True)
+        if kernel == "gemm":
+            cases = [("", aot.gemm_spec(**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}))]
+        elif kernel in ("softmax", "layernorm"):
+            cases = [(f" n={n}", getattr(aot, f"{kernel}_spec")(n)) for n in ROW_SIZES[kernel]]
+        else:
+            cases = [("", getattr(aot, f"{kernel}_spec")(cfg["BLOCK"]))]
+        for size, spec in cases:
+            for arch in aot.ARCHS:
+                row = {"kernel": kernel, "config": config_name(cfg), "arch": f"sm{arch}", "target": f"sm{arch}{size}",
+                       **cfg}
+                try:
+                    r = aot.ptxas_report(aot.compile_spec(spec, arch, cfg["num_warps"], cfg.get("num_stages", 3)),
+                                         spec.name, arch)
+                    row.update(registers=r.registers, spill_bytes=r.spill_bytes, shared_bytes=r.shared_bytes, error="")
+                    flags = []
+                    if r.spill_bytes:
+                        flags.append("spills")
+                    if r.shared_bytes > SHARED_LIMIT[arch]:
+                        flags.append("shared memory over the limit")
+                    row["flag"] = ", ".join(flags)
+                except Exception as exc:  # a config the compiler rejects is a result of the sweep, not a crash
+                    row.update(registers="", spill_bytes="", shared_bytes="", error=type(exc).__name__,
+                               flag="no compile")
+                rows.append(row)
+                print(f"{kernel:<10} {row['config']:<22} {row['target']:<12} regs={row['registers']} "
+                      f"spill={row['spill_bytes']} smem={row['shared_bytes']} {row['flag']}", flush=True)
     return rows
 
 
@@ -134,6 +206,58 @@ def gpu_sweep(configs: list[dict], quick: bool) -> tuple[list[dict], dict]:
     return rows, best
 
 
+def gpu_row_sweep(kernel: str, configs: list[dict]) -> tuple[list[dict], dict]:
+    """Time every correct config of a row kernel over the GLUE shapes of each row length; the best (least
+    total time over the shapes) per row length."""
+    import torch
+    import triton
+
+    rows, best = [], {}
+    for n in ROW_SIZES[kernel]:
+        leads = [(b, 12) for b in BATCHES] if kernel == "softmax" else [(b * s,) for b in BATCHES for s in SEQS]
+        total = {config_name(c): 0.0 for c in configs}
+        for lead in leads:
+            run = row_case(kernel, lead, n, "cuda")
+            ref = run("torch", None)
+            for cfg in configs:
+                name, shape = config_name(cfg), "x".join(map(str, (*lead, n)))
+                try:
+                    ok = torch.equal(run("triton", dict(cfg)), ref)
+                    error = "" if ok else "WRONG RESULT"
+                except Exception as exc:  # out of resources etc.: recorded, skipped
+                    error = type(exc).__name__
+                if error:
+                    total[name] = float("inf")
+                    rows.append({"kernel": kernel, "shape": shape, "config": name, "ms": "", "error": error})
+                    continue
+                ms = triton.testing.do_bench(lambda: run("triton", dict(cfg)))
+                total[name] += ms
+                rows.append({"kernel": kernel, "shape": shape, "config": name, "ms": f"{ms:.4f}", "error": ""})
+        name = min(total, key=total.get)
+        best[str(n)] = next(c for c in configs if config_name(c) == name)
+        print(f"{kernel} n={n}: best {name}, {total[name]:.4f} ms over {len(leads)} shapes", flush=True)
+    return rows, best
+
+
+def cpu_report(kernel: str, configs: list[dict], out: Path) -> None:
+    """Interpreter check and sm_80/sm_90 compile of every config: CSV, markdown table, heatmaps."""
+    print(f"{kernel}: checking {len(configs)} configurations through the interpreter, then compiling for sm80/sm90")
+    ok = dict(zip(map(config_name, configs), interpreter_checks(configs, kernel)))
+    rows = aot_reports(configs, kernel)
+    for r in rows:
+        r["interpreter_exact"] = ok[r["config"]]
+    write_csv(rows, out / f"{kernel}_aot.csv")
+    what = "int8 GEMM + requant epilogue" if kernel == "gemm" else kernel
+    heatmap(rows, "registers", out / f"{kernel}_registers.png", f"{what}: registers (x: no compile)")
+    heatmap(rows, "spill_bytes", out / f"{kernel}_spills.png", f"{what}: spill bytes")
+    lines = ["| config | target | exact (interpreter) | registers | spill B | shared B | flag |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['config']} | {r['target']} | {r['interpreter_exact']} | {r['registers']} | {r['spill_bytes']} | "
+              f"{r['shared_bytes']} | {r['flag']} |" for r in rows]
+    (out / f"{kernel}_aot.md").write_text(f"# {what}: sweep without a GPU\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def heatmap(rows: list[dict], value: str, path: Path, title: str) -> None:
     import matplotlib
 
@@ -142,15 +266,15 @@ def heatmap(rows: list[dict], value: str, path: Path, title: str) -> None:
     import numpy as np
 
     configs = sorted({r["config"] for r in rows})
-    archs = sorted({r["arch"] for r in rows})
-    grid = np.full((len(configs), len(archs)), np.nan)
+    targets = sorted({r["target"] for r in rows})
+    grid = np.full((len(configs), len(targets)), np.nan)
     for r in rows:
         if r[value] != "":
-            grid[configs.index(r["config"]), archs.index(r["arch"])] = float(r[value])
-    fig, ax = plt.subplots(figsize=(4 + len(archs), 0.22 * len(configs) + 1.5))
+            grid[configs.index(r["config"]), targets.index(r["target"])] = float(r[value])
+    fig, ax = plt.subplots(figsize=(4 + len(targets), 0.22 * len(configs) + 1.5))
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(configs)), configs, fontsize=6)
-    ax.set_xticks(range(len(archs)), archs)
+    ax.set_xticks(range(len(targets)), targets, rotation=30, fontsize=7)
     for i, j in zip(*np.where(np.isnan(grid))):
         ax.text(j, i, "x", ha="center", va="center", color="red", fontsize=6)
     ax.set_title(title, fontsize=9)
@@ -169,40 +293,34 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a smaller configuration space (and fewer GPU shapes)")
+    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    p.add_argument("--quick", action="store_true", help="smaller configuration spaces (and fewer GEMM shapes on a GPU)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "autotune"))
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = sweep_configs(args.quick)
     import torch
 
-    if torch.cuda.is_available():
-        from kernels.tuning import TUNED_DIR, arch_name
-
-        rows, best = gpu_sweep(configs, args.quick)
-        arch = arch_name(torch.device("cuda"))
-        TUNED_DIR.mkdir(exist_ok=True)
-        tuned = TUNED_DIR / f"{arch}.json"
-        tmp = tuned.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"device": torch.cuda.get_device_name(), "gemm": best}, indent=1, sort_keys=True))
-        os.replace(tmp, tuned)
-        write_csv(rows, out / f"gemm_{arch}_timings.csv")
-        print(f"tuned configurations for {arch}: {tuned}")
+    if not torch.cuda.is_available():
+        for kernel in args.kernels:
+            cpu_report(kernel, kernel_configs(kernel, args.quick), out)
         return
-    print(f"no GPU: checking {len(configs)} configurations through the interpreter, then compiling for sm80/sm90")
-    ok = dict(zip(map(config_name, configs), interpreter_checks(configs)))
-    rows = aot_reports(configs)
-    for r in rows:
-        r["interpreter_exact"] = ok[r["config"]]
-    write_csv(rows, out / "gemm_aot.csv")
-    heatmap(rows, "registers", out / "gemm_registers.png", "int8 GEMM + requant epilogue: registers (x: no compile)")
-    heatmap(rows, "spill_bytes", out / "gemm_spills.png", "int8 GEMM + requant epilogue: spill bytes")
-    lines = ["| config | arch | exact (interpreter) | registers | spill B | shared B | flag |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['arch']} | {r['interpreter_exact']} | {r['registers']} | {r['spill_bytes']} | "
-              f"{r['shared_bytes']} | {r['flag']} |" for r in rows]
-    (out / "gemm_aot.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from kernels.tuning import TUNED_DIR, arch_name
+
+    arch = arch_name(torch.device("cuda"))
+    tuned_path = TUNED_DIR / f"{arch}.json"
+    tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    for kernel in args.kernels:
+        configs = kernel_configs(kernel, args.quick)
+        rows, best = gpu_sweep(configs, args.quick) if kernel == "gemm" else gpu_row_sweep(kernel, configs)
+        tuned[kernel] = best
+        write_csv(rows, out / f"{kernel}_{arch}_timings.csv")
+    tuned["device"] = torch.cuda.get_device_name()
+    TUNED_DIR.mkdir(exist_ok=True)
+    tmp = tuned_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(tuned, indent=1, sort_keys=True))
+    os.replace(tmp, tuned_path)
+    print(f"tuned configurations for {arch}: {tuned_path}")
 
 
 if __name__ == "__main__":

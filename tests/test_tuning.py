@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kernels import tuning
-from scripts.autotune import check_config, sweep_configs
+from scripts.autotune import ROW_SIZES, check_config, kernel_configs, sweep_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,21 +21,40 @@ def test_sweep_space_is_valid():
         tuning.validate_config(cfg)
 
 
+@pytest.mark.parametrize("kernel", list(ROW_SIZES))
+def test_row_kernel_spaces_are_valid(kernel):
+    configs = kernel_configs(kernel)
+    assert len(configs) == (25 if kernel in ("gelu", "requantize") else 5)
+    for cfg in configs:
+        tuning.validate_row_config(kernel, cfg)
+
+
+@pytest.mark.parametrize("kernel,cfg", [("softmax", dict(num_warps=2)), ("layernorm", dict(num_warps=8)),
+                                        ("gelu", dict(BLOCK=256, num_warps=2)),
+                                        ("requantize", dict(BLOCK=4096, num_warps=16))])
+def test_row_config_correctness_check_under_interpreter(kernel, cfg):
+    assert check_config(cfg, kernel)
+
+
 @pytest.mark.parametrize("cfg", [dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
                                  dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=2)])
 def test_config_correctness_check_under_interpreter(cfg):
     assert check_config(cfg)
 
 
-def test_aot_report_for_a_config():
-    cfg = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=2)
+@pytest.mark.parametrize("kernel,cfg,targets", [
+    ("gemm", dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=2), ["sm80", "sm90"]),
+    ("softmax", dict(num_warps=4), ["sm80 n=128", "sm90 n=128", "sm80 n=256", "sm90 n=256"]),
+    ("gelu", dict(BLOCK=2048, num_warps=8), ["sm80", "sm90"]),
+])
+def test_aot_report_for_a_config(kernel, cfg, targets):
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.autotune import aot_reports; "
-            f"print(json.dumps(aot_reports([{cfg!r}])))")
+            f"print(json.dumps(aot_reports([{cfg!r}], {kernel!r})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [r["arch"] for r in rows] == ["sm80", "sm90"]
+    assert [r["target"] for r in rows] == targets
     assert all(r["registers"] > 0 and r["error"] == "" for r in rows)
 
 
@@ -50,18 +69,28 @@ def tuned_file(tmp_path, monkeypatch):
 
 def test_tuned_file_round_trip(tuned_file):
     cfg = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, GROUP_M=4, num_warps=2, num_stages=2)
-    tuned_file.write_text(json.dumps({"gemm": {"1024,768,768": cfg}}))
+    tuned_file.write_text(json.dumps({"device": "test", "gemm": {"1024,768,768": cfg},
+                                      "softmax": {"128": {"num_warps": 1}, "256": {"num_warps": 2}},
+                                      "gelu": {"3072": {"BLOCK": 2048, "num_warps": 8}}}))
     cpu = torch.device("cpu")
     assert tuning.gemm_config(1024, 768, 768, cpu) == cfg
     assert tuning.gemm_config(4096, 768, 768, cpu) == cfg  # nearest M with the same N, K
     assert tuning.gemm_config(1024, 3072, 768, cpu) == tuning._GEMM_DEFAULTS["interpreter"]
+    assert tuning.row_config("softmax", 128, cpu) == {"num_warps": 1}
+    assert tuning.row_config("softmax", 384, cpu) == {"num_warps": 2}  # nearest tuned row length
+    assert tuning.row_config("gelu", 4096, cpu) == {"BLOCK": 2048, "num_warps": 8}
+    assert tuning.row_config("layernorm", 768, cpu) == {"num_warps": 4}  # not tuned: the default
+    assert tuning.row_config("requantize", 768, cpu) == {"BLOCK": 1024, "num_warps": 4}
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"gemm": {"1024,768": {}}}', '{"gemm": {"1,2,3": {"BLOCK_M": 64}}}',
                                   '{"gemm": {"1,2,3": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8, '
-                                  '"num_warps": 4, "num_stages": 2}}}', "[]"])
+                                  '"num_warps": 4, "num_stages": 2}}}', "[]",
+                                  '{"softmax": {"128": {"num_warps": 3}}}', '{"gelu": {"3072": {"num_warps": 4}}}',
+                                  '{"attention": {}}'])
 def test_malformed_tuned_file_warns_and_uses_defaults(tuned_file, text):
     tuned_file.write_text(text)
     with pytest.warns(UserWarning, match="malformed tuned-config file"):
         cfg = tuning.gemm_config(1024, 768, 768, torch.device("cpu"))
     assert cfg == tuning._GEMM_DEFAULTS["interpreter"]
+    assert tuning.row_config("softmax", 128, torch.device("cpu")) == {"num_warps": 4}
