@@ -26,9 +26,21 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y_float: torch.Tensor, y_exact: torch.Tensor) -> torch.Tensor:
+        return y_exact
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 def ste(y_float: torch.Tensor, y_exact: torch.Tensor) -> torch.Tensor:
-    """Value of `y_exact`, gradient of `y_float`."""
-    return y_float + (y_exact - y_float).detach()
+    """Value of `y_exact` (exactly), gradient of `y_float`; no elementwise pass."""
+    if not (torch.is_grad_enabled() and y_float.requires_grad):
+        return y_exact.detach()
+    return _StraightThrough.apply(y_float, y_exact.detach())
 
 
 def to_int(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -51,16 +63,15 @@ _requant_values_fused = maybe_compiled(_requant_values)
 
 def weight_scale(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
     """Symmetric scale of a weight: max |w| per output row (per_channel) or over the tensor, / qmax."""
-    w = w.detach()
-    amax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
-    return amax.clamp(min=EPS_SCALE) / qmax(bits)
+    lo, hi = torch.aminmax(w.detach(), dim=1) if per_channel else (v.reshape(1) for v in torch.aminmax(w.detach()))
+    return torch.maximum(-lo, hi).clamp(min=EPS_SCALE) / qmax(bits)
 
 
 def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer-valued float weight `clamp(round(w / s))` with a straight-through gradient."""
     s = scale.reshape(-1, *([1] * (w.dim() - 1)))
-    w_int = torch.clamp(torch.round(w.detach() / s), -qmax(bits), qmax(bits))
-    return ste(w / s, w_int)
+    w_scaled = w / s
+    return ste(w_scaled, torch.clamp(torch.round(w_scaled.detach()), -qmax(bits), qmax(bits)))
 
 
 class QuantAct(nn.Module):
@@ -131,7 +142,9 @@ class QuantEmbedding(nn.Embedding):
         if not self.quant_mode:
             return super().forward(ids), None
         s = self.weight_scale()
-        return F.embedding(ids, quantize_weight(self.weight, s, self.bits) * s, self.padding_idx), s
+        # Quantization is elementwise: quantize the looked-up rows, not the whole table.
+        rows = F.embedding(ids, self.weight, self.padding_idx)
+        return quantize_weight(rows, s, self.bits) * s, s
 
 
 class QuantLinear(nn.Linear):
@@ -165,7 +178,8 @@ class QuantLinear(nn.Linear):
             raise ValueError("QuantLinear in quant mode needs the input's scale")
         s_w = self.weight_scale()
         s_acc = s_x * s_w
-        x_int = ste(x / s_x, torch.round(x.detach() / s_x))
+        x_scaled = x / s_x
+        x_int = ste(x_scaled, torch.round(x_scaled.detach()))
         acc = F.linear(x_int, quantize_weight(self.weight, s_w, self.bits),
                        self.bias_int(s_acc) if self.bias is not None else None)
         return acc * s_acc, s_acc

@@ -92,6 +92,32 @@ def test_fake_quant_trains(force_dequant):
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
+def test_straight_through_value_is_exact_and_gradient_passes():
+    from ibert.quant import ste
+
+    x = torch.randn(5, requires_grad=True)
+    y_float = x * 3
+    y_exact = torch.round(y_float.detach() * 1e6)  # far from y_float: float rounding would show
+    y = ste(y_float, y_exact)
+    assert torch.equal(y, y_exact)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full((5,), 3.0))
+    with torch.no_grad():
+        assert torch.equal(ste(y_float, y_exact), y_exact)
+
+
+def test_quant_embedding_quantizes_looked_up_rows_like_the_table():
+    from ibert.quant import QuantEmbedding, quantize_weight
+
+    emb = QuantEmbedding(50, 8, padding_idx=1, quant_mode=True)
+    ids = torch.randint(0, 50, (3, 7))
+    out, s = emb(ids)
+    table = quantize_weight(emb.weight, s, 8) * s
+    assert torch.equal(out, torch.nn.functional.embedding(ids, table))
+    out.sum().backward()
+    assert emb.weight.grad[ids[0, 0]].abs().sum() > 0
+
+
 def test_scales_propagate_between_layers():
     """Each layer's input scale is the previous layer's output scale (transformers passes the embedding's)."""
     model = calibrated("IBertModel")
