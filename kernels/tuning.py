@@ -27,10 +27,12 @@ ROW_KERNEL_KEYS = {"softmax": ("num_warps",), "layernorm": ("num_warps",),
                    "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps")}
 TUNED_DIR = Path(__file__).parent / "tuned"
 
-# int8 tl.dot needs BLOCK_K >= 32 on NVIDIA; 128x128 tiles need 8 warps to hold the int64 epilogue unspilled.
+# int8 tl.dot needs BLOCK_K >= 32 on NVIDIA. The int64 requantizing epilogue is register-hungry: in the sweep
+# without a GPU (benchmarks/autotune/gemm_aot.md) 64x128x64 with 8 warps is the largest tile that compiles
+# without spills for every GEMM variant (plain, accumulator only, uint8 A, GELU) on both sm_80 and sm_90.
 _GEMM_DEFAULTS = {
-    "sm80": dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-    "sm90": dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    "sm80": dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    "sm90": dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
     "interpreter": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=1),
 }
 _ELEMENTWISE_DEFAULT = dict(BLOCK=1024, num_warps=4)
@@ -128,12 +130,14 @@ def gemm_config(M: int, N: int, K: int, device: torch.device) -> dict:
     if same_nk:
         nearest = min(same_nk, key=lambda m: abs(m - M))
         return dict(tuned[(nearest, N, K)])
+    return default_gemm_config(arch)
+
+
+def default_gemm_config(arch: str) -> dict:
+    """The shipped GEMM configuration for 'sm80', 'sm90', 'interpreter' (other sm: the nearest of the two)."""
     if arch not in _GEMM_DEFAULTS:
         arch = "sm90" if arch >= "sm90" else "sm80"
-    cfg = dict(_GEMM_DEFAULTS[arch])
-    if M <= 64 and arch != "interpreter":
-        cfg.update(BLOCK_M=64)
-    return cfg
+    return dict(_GEMM_DEFAULTS[arch])
 
 
 def row_config(kernel: str, n: int, device: torch.device) -> dict:

@@ -33,6 +33,12 @@ def test_kernel_compiles(reports, name, arch):
     assert 0 < r["registers"] <= 255 and r["shared_bytes"] >= 0
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", [s.name for s in default_specs() if s.name.startswith("int8_gemm")])
+def test_default_gemm_configs_do_not_spill(reports, name, arch):
+    assert reports[(name, arch)]["spill_bytes"] == 0
+
+
 def test_gpu_compiler_rejects_int8_dot_with_small_k():
     """The interpreter accepts BLOCK_K = 16 for an int8 dot; the NVIDIA compiler must not be trusted to."""
     out = _run_aot("from kernels.aot import gemm_spec, compile_spec\n"
