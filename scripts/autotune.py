@@ -171,19 +171,22 @@ def aot_reports(configs: list[dict], kernel: str = "gemm") -> list[dict]:
     return rows
 
 
-def gpu_sweep(configs: list[dict], quick: bool) -> tuple[list[dict], dict]:
-    """Time every correct config per shape on the GPU; return rows and the best config per shape."""
+def gpu_sweep(configs: list[dict], quick: bool, device: str = "cuda", bench=None) -> tuple[list[dict], dict]:
+    """Time every correct config per shape (bench: ms of a callable, default `triton.testing.do_bench`);
+    return rows and the best config per shape."""
     import torch
     import triton
 
     import kernels
 
+    bench = bench or triton.testing.do_bench
+
     rows, best = [], {}
     for M, N, K in shapes()[:8] if quick else shapes():
-        a = torch.randint(-128, 128, (M, K), dtype=torch.int8, device="cuda")
-        b = torch.randint(-128, 128, (N, K), dtype=torch.int8, device="cuda")
-        bias = torch.randint(-5000, 5000, (N,), dtype=torch.int32, device="cuda")
-        m, e = kernels.dyadic(torch.rand(N, dtype=torch.float64, device="cuda") * 1e-4)
+        a = torch.randint(-128, 128, (M, K), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 128, (N, K), dtype=torch.int8, device=device)
+        bias = torch.randint(-5000, 5000, (N,), dtype=torch.int32, device=device)
+        m, e = kernels.dyadic(torch.rand(N, dtype=torch.float64, device=device) * 1e-4)
         ref = kernels.int8_matmul(a, b, bias, m, e, 8, backend="torch")
         timings = {}
         for cfg in configs:
@@ -195,8 +198,7 @@ def gpu_sweep(configs: list[dict], quick: bool) -> tuple[list[dict], dict]:
             if not torch.equal(out, ref):
                 rows.append({"shape": f"{M},{N},{K}", "config": config_name(cfg), "ms": "", "error": "WRONG RESULT"})
                 continue
-            ms = triton.testing.do_bench(lambda: kernels.int8_matmul(a, b, bias, m, e, 8, backend="triton",
-                                                                     config=dict(cfg)))
+            ms = bench(lambda: kernels.int8_matmul(a, b, bias, m, e, 8, backend="triton", config=dict(cfg)))
             timings[config_name(cfg)] = (ms, cfg)
             rows.append({"shape": f"{M},{N},{K}", "config": config_name(cfg), "ms": f"{ms:.4f}",
                          "TOPS": f"{2 * M * N * K / ms / 1e9:.1f}", "error": ""})
@@ -206,18 +208,20 @@ def gpu_sweep(configs: list[dict], quick: bool) -> tuple[list[dict], dict]:
     return rows, best
 
 
-def gpu_row_sweep(kernel: str, configs: list[dict]) -> tuple[list[dict], dict]:
+def gpu_row_sweep(kernel: str, configs: list[dict], device: str = "cuda", bench=None) -> tuple[list[dict], dict]:
     """Time every correct config of a row kernel over the GLUE shapes of each row length; the best (least
     total time over the shapes) per row length."""
     import torch
     import triton
+
+    bench = bench or triton.testing.do_bench
 
     rows, best = [], {}
     for n in ROW_SIZES[kernel]:
         leads = [(b, 12) for b in BATCHES] if kernel == "softmax" else [(b * s,) for b in BATCHES for s in SEQS]
         total = {config_name(c): 0.0 for c in configs}
         for lead in leads:
-            run = row_case(kernel, lead, n, "cuda")
+            run = row_case(kernel, lead, n, device)
             ref = run("torch", None)
             for cfg in configs:
                 name, shape = config_name(cfg), "x".join(map(str, (*lead, n)))
@@ -230,7 +234,7 @@ def gpu_row_sweep(kernel: str, configs: list[dict]) -> tuple[list[dict], dict]:
                     total[name] = float("inf")
                     rows.append({"kernel": kernel, "shape": shape, "config": name, "ms": "", "error": error})
                     continue
-                ms = triton.testing.do_bench(lambda: run("triton", dict(cfg)))
+                ms = bench(lambda: run("triton", dict(cfg)))
                 total[name] += ms
                 rows.append({"kernel": kernel, "shape": shape, "config": name, "ms": f"{ms:.4f}", "error": ""})
         name = min(total, key=total.get)
@@ -291,6 +295,21 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
+def save_tuned(best: dict[str, dict], path: Path, device_name: str) -> None:
+    """Merge the best configs per kernel into the tuned-config file at `path` (atomically), after checking
+    that `kernels.tuning` reads them back."""
+    from kernels.tuning import parse_tuned
+
+    tuned = json.loads(path.read_text()) if path.is_file() else {}
+    tuned.update(best, device=device_name)
+    text = json.dumps(tuned, indent=1, sort_keys=True)
+    parse_tuned(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
@@ -308,19 +327,13 @@ def main() -> None:
     from kernels.tuning import TUNED_DIR, arch_name
 
     arch = arch_name(torch.device("cuda"))
-    tuned_path = TUNED_DIR / f"{arch}.json"
-    tuned = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    best = {}
     for kernel in args.kernels:
         configs = kernel_configs(kernel, args.quick)
-        rows, best = gpu_sweep(configs, args.quick) if kernel == "gemm" else gpu_row_sweep(kernel, configs)
-        tuned[kernel] = best
+        rows, best[kernel] = gpu_sweep(configs, args.quick) if kernel == "gemm" else gpu_row_sweep(kernel, configs)
         write_csv(rows, out / f"{kernel}_{arch}_timings.csv")
-    tuned["device"] = torch.cuda.get_device_name()
-    TUNED_DIR.mkdir(exist_ok=True)
-    tmp = tuned_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(tuned, indent=1, sort_keys=True))
-    os.replace(tmp, tuned_path)
-    print(f"tuned configurations for {arch}: {tuned_path}")
+    save_tuned(best, TUNED_DIR / f"{arch}.json", torch.cuda.get_device_name())
+    print(f"tuned configurations for {arch}: {TUNED_DIR / f'{arch}.json'}")
 
 
 if __name__ == "__main__":

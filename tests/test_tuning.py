@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kernels import tuning
+from scripts import autotune
 from scripts.autotune import ROW_SIZES, check_config, kernel_configs, sweep_configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +95,41 @@ def test_malformed_tuned_file_warns_and_uses_defaults(tuned_file, text):
         cfg = tuning.gemm_config(1024, 768, 768, torch.device("cpu"))
     assert cfg == tuning._GEMM_DEFAULTS["interpreter"]
     assert tuning.row_config("softmax", 128, torch.device("cpu")) == {"num_warps": 4}
+
+
+def test_timed_sweep_picks_the_fastest_exact_config_and_the_kernels_load_it(tmp_path, monkeypatch):
+    """The GPU sweep's plumbing on the interpreter: exactness check, selection, tuned file, loading.
+    The timer is fake (do_bench needs a GPU): it ranks configs by warps, fewest first."""
+    monkeypatch.setattr(autotune, "shapes", lambda: [(40, 32, 64)])
+    monkeypatch.setattr(autotune, "BATCHES", (1,))
+    monkeypatch.setattr(autotune, "SEQS", (3,))
+    monkeypatch.setitem(autotune.ROW_SIZES, "softmax", (16,))
+    gemm_configs = [dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=w, num_stages=1) for w in (8, 2, 4)]
+    softmax_configs = [dict(num_warps=w) for w in (4, 1, 2)]
+
+    def bench_with(configs):  # called once per config, in order (one shape)
+        times = iter(float(cfg["num_warps"]) for cfg in configs)
+
+        def bench(fn):
+            fn()
+            return next(times)
+        return bench
+
+    rows, best_gemm = autotune.gpu_sweep(gemm_configs, quick=False, device="cpu", bench=bench_with(gemm_configs))
+    assert all(r["error"] == "" for r in rows) and len(rows) == 3
+    assert best_gemm == {"40,32,64": gemm_configs[1]}
+    rows, best_softmax = autotune.gpu_row_sweep("softmax", softmax_configs, device="cpu",
+                                                bench=bench_with(softmax_configs))
+    assert best_softmax == {"16": {"num_warps": 1}}
+    path = tmp_path / "sm80.json"
+    autotune.save_tuned({"gemm": best_gemm, "softmax": best_softmax}, path, "test GPU")
+    autotune.save_tuned({"layernorm": {"768": {"num_warps": 2}}}, path, "test GPU")  # merged, not replaced
+    monkeypatch.setenv("IBERT_TUNED_CONFIGS", str(path))
+    tuning.tuned_configs.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert tuning.gemm_config(40, 32, 64, cpu) == gemm_configs[1]
+        assert tuning.row_config("softmax", 16, cpu) == {"num_warps": 1}
+        assert tuning.row_config("layernorm", 768, cpu) == {"num_warps": 2}
+    finally:
+        tuning.tuned_configs.cache_clear()
