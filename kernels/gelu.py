@@ -15,7 +15,7 @@ from kernels._utils import (
     check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax, resolve_backend,
 )
 from kernels.requant import requant_epilogue, requantize_reference
-from kernels.tuning import row_config
+from kernels.tuning import launch_config
 
 ERF_A, ERF_B = -0.2888, -1.769
 INPUT_BITS = 16  # inputs saturate to 16 bits, which keeps every product below 2**31
@@ -138,4 +138,4 @@ def gelu(
         return _gelu_torch(x, params, m, e, bits)
     if not x.is_contiguous():
         raise ValueError("the Triton gelu needs a contiguous x")
-    return _gelu_triton(x, params.contiguous(), m, e, bits, config or row_config("gelu", n, x.device))
+    return _gelu_triton(x, params.contiguous(), m, e, bits, launch_config("gelu", config, n, x.device))

@@ -23,7 +23,7 @@ from kernels._utils import (
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
 from kernels.gelu import gelu_epilogue, gelu_reference
 from kernels.requant import requant_epilogue, requantize_reference
-from kernels.tuning import gemm_config
+from kernels.tuning import gemm_config, validate_config
 
 
 @triton.jit
@@ -112,7 +112,7 @@ def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config, gelu=No
     requant = m is not None
     final_bits = gelu[3] if gelu is not None else bits
     c = torch.empty((B, M, N), dtype=out_dtype(final_bits) if requant else torch.int32, device=a.device)
-    cfg = dict(config) if config is not None else gemm_config(M, N, K, a.device)
+    cfg = dict(validate_config(config)) if config is not None else gemm_config(M, N, K, a.device)
     num_warps, num_stages = cfg.pop("num_warps", 4), cfg.pop("num_stages", 3)
     dummy = c
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), B)

@@ -27,7 +27,7 @@ from kernels._utils import (
     rshift_round_reference,
 )
 from kernels.requant import dyadic
-from kernels.tuning import row_config
+from kernels.tuning import launch_config
 
 NORM_BITS = 16  # the normalised value has scale 2**-NORM_BITS
 VAR_BITS = 15  # |y| is shifted to VAR_BITS bits for the sum of squares
@@ -157,7 +157,7 @@ def layernorm(
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=out_dtype(bits), device=x.device)
     rows = x.numel() // n
-    cfg = config or row_config("layernorm", n, x.device)
+    cfg = launch_config("layernorm", config, n, x.device)
     _layernorm_kernel[(rows,)](
         x, eps_int, m, e, beta_int, y, n,
         QMAX=qmax(bits), VAR_BITS_=VAR_BITS, MIN_SHIFT_=MIN_SHIFT, NORM_BITS_=NORM_BITS, BLOCK_N=triton.next_power_of_2(n),

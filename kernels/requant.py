@@ -21,7 +21,7 @@ from kernels._utils import (
     rshift_round,
     rshift_round_reference,
 )
-from kernels.tuning import row_config
+from kernels.tuning import launch_config
 
 MULTIPLIER_BITS = 30
 MAX_SHIFT = 62
@@ -143,4 +143,4 @@ def requantize(
         return _requantize_torch(x, m, e, bits, residual, m_res, e_res)
     if not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
         raise ValueError("the Triton requantize needs contiguous x and residual")
-    return _requantize_triton(x, m, e, bits, residual, m_res, e_res, config or row_config("requantize", n, x.device))
+    return _requantize_triton(x, m, e, bits, residual, m_res, e_res, launch_config("requantize", config, n, x.device))

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled, resolve_backend
-from kernels.tuning import row_config
+from kernels.tuning import launch_config
 
 EXP_COEF = (0.35815147, 0.96963238, 1.0)  # exp(p) ~= c0 p^2 + c1 p + c2 on (-ln2, 0]
 EXP_BITS = 15  # exps are shifted to about this many bits before the row sum
@@ -157,7 +157,7 @@ def softmax(
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)
     rows = x.numel() // S
-    cfg = config or row_config("softmax", S, x.device)
+    cfg = launch_config("softmax", config, S, x.device)
     _softmax_kernel[(rows,)](
         x, mask.contiguous() if mask is not None else x, params, y, S, max(rows // x.shape[0], 1),
         HAS_MASK=mask is not None, OUT_BITS=out_bits, MAX_Z_=MAX_Z, CLIP_=CLIP, BLOCK_S=triton.next_power_of_2(S),

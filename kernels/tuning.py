@@ -140,6 +140,11 @@ def default_gemm_config(arch: str) -> dict:
     return dict(_GEMM_DEFAULTS[arch])
 
 
+def launch_config(kernel: str, config: dict | None, n: int, device: torch.device) -> dict:
+    """A row kernel's configuration: `config` checked (ValueError naming the problem), or `row_config`'s."""
+    return dict(validate_row_config(kernel, config)) if config is not None else row_config(kernel, n, device)
+
+
 def row_config(kernel: str, n: int, device: torch.device) -> dict:
     """Launch configuration of a row kernel for rows of n elements (the channel count for gelu/requantize):
     tuned for the nearest tuned n if any, else the default (4 warps per row up to 2048 elements, 8 above;
