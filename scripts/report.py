@@ -60,7 +60,7 @@ def plot(runs: list[dict], path: str) -> None:
         vals = [main_value(r, p) or 0.0 for r in runs]
         ax.bar([x + (i - 1) * width for x in range(len(runs))], vals, width, label=p)
     ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([label(r).replace(" (", "\n(") for r in runs], fontsize=7)
+    ax.set_xticklabels([label(r).replace(" (", "\n(").replace(", ", ",\n") for r in runs], fontsize=7)
     ax.set_ylabel("dev score (main metric)")
     ax.legend()
     fig.tight_layout()
