@@ -14,16 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from kernels._utils import maybe_compiled
+from kernels._utils import maybe_compiled, qmax
 from kernels.requant import requantize_reference
 
 EPS_SCALE = 1e-8  # smallest scale: a tensor of zeros still gets a finite scale
 
 Scaled = tuple[torch.Tensor, "torch.Tensor | None"]
-
-
-def qmax(bits: int) -> int:
-    return (1 << (bits - 1)) - 1
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -16,11 +16,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.gelu import _gelu_kernel
+from kernels._utils import qmax
+from kernels.gelu import INPUT_BITS, _gelu_kernel
 from kernels.gemm import _int8_gemm_kernel
-from kernels.layernorm import _layernorm_kernel
+from kernels.layernorm import MIN_SHIFT, NORM_BITS, VAR_BITS, _layernorm_kernel
 from kernels.requant import _requantize_kernel
-from kernels.softmax import _softmax_kernel
+from kernels.softmax import CLIP, MAX_Z, _softmax_kernel
 
 ARCHS = (80, 90)
 
@@ -69,21 +70,21 @@ def requantize_spec(BLOCK: int = 1024) -> KernelSpec:
 
 
 def gelu_spec(BLOCK: int = 1024) -> KernelSpec:
-    flags = dict(IN_MAX=32767, QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=BLOCK)
+    flags = dict(IN_MAX=qmax(INPUT_BITS), QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=BLOCK)
     return KernelSpec("gelu", _gelu_kernel,
                       {"x_ptr": "*i32", "p_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "y_ptr": "*i8",
                        "total": "i32", "N": "i32", "C": "i32", **_constexprs(flags)}, flags)
 
 
 def softmax_spec(S: int = 512) -> KernelSpec:
-    flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=30, CLIP_=2**30, BLOCK_S=triton.next_power_of_2(S))
+    flags = dict(HAS_MASK=True, OUT_BITS=8, MAX_Z_=MAX_Z, CLIP_=CLIP, BLOCK_S=triton.next_power_of_2(S))
     return KernelSpec("softmax", _softmax_kernel,
                       {"x_ptr": "*i32", "mask_ptr": "*i32", "p_ptr": "*i64", "y_ptr": "*u8", "S": "i32",
                        "rows_per_batch": "i32", **_constexprs(flags)}, flags)
 
 
 def layernorm_spec(N: int = 1024) -> KernelSpec:
-    flags = dict(QMAX=127, VAR_BITS_=15, MIN_SHIFT_=-14, NORM_BITS_=16, BLOCK_N=triton.next_power_of_2(N))
+    flags = dict(QMAX=127, VAR_BITS_=VAR_BITS, MIN_SHIFT_=MIN_SHIFT, NORM_BITS_=NORM_BITS, BLOCK_N=triton.next_power_of_2(N))
     return KernelSpec("layernorm", _layernorm_kernel,
                       {"x_ptr": "*i32", "eps_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "beta_ptr": "*i64",
                        "y_ptr": "*i8", "N": "i32", **_constexprs(flags)}, flags)
