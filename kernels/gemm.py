@@ -165,7 +165,15 @@ def _epilogue_reference(acc, bias, m, e, bits, residual, m_res, e_res):
     return requantize_reference(acc, m, e, bits, residual, m_res, e_res)
 
 
-_epilogue_torch = maybe_compiled(_epilogue_reference)
+_epilogue_compiled = maybe_compiled(_epilogue_reference)
+
+
+def _epilogue_torch(acc, bias, m, e, bits, residual, m_res, e_res):
+    # Nothing to add or requantize: no call. Compiling that empty graph would make dynamo skip
+    # `_epilogue_reference` for good, and every later variant would run eagerly, op by op.
+    if bias is None and m is None:
+        return acc
+    return _epilogue_compiled(acc, bias, m, e, bits, residual, m_res, e_res)
 
 
 def _gelu_epilogue_reference(acc, bias, m, e, mid_bits, params, m_out, e_out, bits):
