@@ -146,24 +146,18 @@ class IntegerLayer(nn.Module):
         residual.set(*block.ln_input_act.multiplier(s_res))
         return ln.set(block.LayerNorm, s22, block.output_activation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, head_mask: torch.Tensor | None, backend: str):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, head_mask: torch.Tensor | None, backend: str,
+                keep_probs: bool = False):
         """x: [B, S, H] int8; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
-        Returns [B, S, H] int8 and the attention probabilities [B, heads, S, S] uint8."""
+        Returns [B, S, H] int8 and, with keep_probs, the attention probabilities [B, heads, S, S] uint8."""
         B, S, H = x.shape
-        nh, d = self.heads, H // self.heads
         x2 = x.reshape(B * S, H)
         qkv = kernels.int8_matmul(x2, self.qkv.weight, self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,
                                   backend=backend)
-        q, k, v = qkv.view(B, S, 3, nh, d).permute(2, 0, 3, 1, 4).reshape(3, B * nh, S, d).unbind(0)
-        # K^T laid out [B*nh, d, S]: each head's product reads a contiguous [K, N] operand
-        scores = kernels.int8_bmm(q.contiguous(), k.transpose(1, 2).contiguous().transpose(1, 2), backend=backend)
-        probs = kernels.softmax(scores.view(B, nh, S, S), self.softmax_params, mask, self.softmax_bits,
-                                backend=backend)
-        if head_mask is not None:
-            probs = probs * head_mask.view(1, nh, 1, 1)
-        ctx = kernels.int8_bmm(probs.view(B * nh, S, S), v.contiguous().transpose(1, 2), self.ctx_out.m,
-                               self.ctx_out.e, self.bits, backend=backend)
-        ctx = ctx.view(B, nh, S, d).transpose(1, 2).reshape(B * S, H)
+        ctx, probs = kernels.attention(qkv.view(B, S, 3 * H), self.heads, self.softmax_params, self.ctx_out.m,
+                                       self.ctx_out.e, mask, head_mask, self.softmax_bits, self.bits,
+                                       return_probs=keep_probs, backend=backend)
+        ctx = ctx.reshape(B * S, H)
         y = kernels.int8_matmul(ctx, self.attn_dense.weight, self.attn_dense.bias, self.attn_dense.out.m,
                                 self.attn_dense.out.e, self.ln_bits, x2, self.attn_residual.m, self.attn_residual.e,
                                 backend=backend)
@@ -233,7 +227,7 @@ class IntegerIBertModel(nn.Module):
         mask = ((1 - attention_mask.int()) * IntSoftmax.MASK_INT).int()
         hidden, probs = [x], []
         for i, layer in enumerate(self.layers):
-            x, p = layer(x, mask, None if head_mask is None else head_mask[i], bk)
+            x, p = layer(x, mask, None if head_mask is None else head_mask[i], bk, keep)
             if keep:
                 hidden.append(x)
                 probs.append(p)

@@ -7,6 +7,7 @@ This package deliberately defines no `__version__`: transformers probes for an u
 also imported as `kernels` (`is_kernels_available()`), and must not mistake this one for it.
 """
 from kernels._utils import set_compile
+from kernels.attention import attention
 from kernels.gelu import gelu, gelu_params
 from kernels.gemm import int8_bmm, int8_matmul, int8_matmul_gelu
 from kernels.layernorm import layernorm, layernorm_params
@@ -14,6 +15,6 @@ from kernels.requant import dyadic, requantize
 from kernels.softmax import softmax, softmax_params
 
 __all__ = [
-    "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "gelu", "gelu_params", "softmax", "softmax_params",
-    "layernorm", "layernorm_params", "set_compile",
+    "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "attention", "gelu", "gelu_params",
+    "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile",
 ]

@@ -1,0 +1,119 @@
+"""The integer self-attention core of every head: scores = Q K^T, i-softmax, context = P V requantized.
+
+It reads the fused QKV projection's int8 output and returns the context laid out for the output projection.
+Backends: "torch" (the reference: `int8_bmm`, `softmax`, `int8_bmm`), "triton" (the same three ops as Triton
+kernels), "cpp" (one fused C++ kernel per (batch, head) for x86 CPUs with AVX-512 VNNI: the int32 scores never
+leave the cache; built on first use). "auto" takes Triton for CUDA tensors, else "cpp" where it builds, else torch.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax
+from kernels.gemm import int8_bmm
+from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
+from kernels.softmax import softmax
+
+BACKENDS = ("auto", "triton", "torch", "cpp")
+_SOURCE = Path(__file__).parent / "csrc" / "attention_cpu.cpp"
+_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_extension():
+    """The compiled fused CPU kernel (built once, cached by torch), or None where this CPU or toolchain can't."""
+    if platform.machine() != "x86_64" or not _CPU_FLAGS <= _cpu_flags():
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(name="ibert_attention_cpu", sources=[str(_SOURCE)], verbose=False,
+                    extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+                    extra_ldflags=["-fopenmp"])
+    except Exception as exc:  # no compiler, no headers: the reference still runs
+        warnings.warn(f"the fused CPU attention kernel could not be built, using the torch reference: {exc}")
+        return None
+
+
+def attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend):
+    """The spec, in the ops it is made of (`backend` is theirs: "torch" or "triton")."""
+    B, S, H3 = qkv.shape
+    H = H3 // 3
+    d = H // heads
+    q, k, v = qkv.view(B, S, 3, heads, d).permute(2, 0, 3, 1, 4).reshape(3, B * heads, S, d).unbind(0)
+    # K^T laid out [B*heads, d, S]: each head's product reads a contiguous [K, N] operand
+    scores = int8_bmm(q.contiguous(), k.transpose(1, 2).contiguous().transpose(1, 2), backend=backend)
+    probs = softmax(scores.view(B, heads, S, S), params, mask, softmax_bits, backend=backend)
+    if head_mask is not None:
+        probs = probs * head_mask.view(1, heads, 1, 1)
+    ctx = int8_bmm(probs.view(B * heads, S, S), v.contiguous().transpose(1, 2), m, e, bits, backend=backend)
+    return ctx.view(B, heads, S, d).transpose(1, 2).reshape(B, S, H), probs
+
+
+def _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs):
+    B, S, H3 = qkv.shape
+    empty = qkv.new_empty(0)
+    ctx, probs = ext.attention(qkv.reshape(B * S, H3).contiguous(), empty if mask is None else mask.contiguous(),
+                               params.contiguous(), B, heads, int(m.reshape(-1)[0]), int(e.reshape(-1)[0]),
+                               softmax_bits, qmax(bits), empty if head_mask is None else head_mask.contiguous(),
+                               return_probs)
+    return ctx.view(B, S, H3 // 3), probs if return_probs else None
+
+
+def attention(
+    qkv: torch.Tensor, heads: int, params: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
+    mask: torch.Tensor | None = None, head_mask: torch.Tensor | None = None, softmax_bits: int = 8, bits: int = 8,
+    return_probs: bool = False, backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Integer self-attention of every head, exact.
+
+    qkv: [B, S, 3 H] int8, per token the query, key and value, each [heads, H / heads] (one fused projection).
+    params: int64 [5] from `softmax_params(s_q s_k / sqrt(H / heads))`; mask: optional [B, S] int32 additive
+    (0 keeps a key, -2**30 masks it); head_mask: optional [heads] uint8 of zeros and ones.
+    m, e: [1] int32 dyadic multiplier taking P V (scale 2**-softmax_bits s_v) to the `bits`-bit context.
+    Returns the context [B, S, H] int8 (heads concatenated) and, with return_probs, the probabilities
+    [B, heads, S, S] uint8 of scale 2**-softmax_bits (else None).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_tensor("qkv", qkv, (torch.int8,), 3)
+    B, S, H3 = qkv.shape
+    if not isinstance(heads, int) or heads < 1 or H3 % (3 * heads):
+        raise ValueError(f"qkv's last dimension ({H3}) must be 3 * heads * head_size, got heads={heads!r}")
+    check_tensor("params", params, (torch.int64,), 1)
+    if params.numel() != SOFTMAX_PARAMS:
+        raise ValueError(f"params must have {SOFTMAX_PARAMS} elements (from softmax_params), got {params.numel()}")
+    check_multiplier(m, e, 1)
+    check_bits(softmax_bits, 2, 8)
+    check_bits(bits, 2, 8)
+    if mask is not None:
+        check_tensor("mask", mask, (torch.int32,), 2)
+        if tuple(mask.shape) != (B, S):
+            raise ValueError(f"mask must be [B, S] = {(B, S)}, got {tuple(mask.shape)}")
+    if head_mask is not None:
+        check_tensor("head_mask", head_mask, (torch.uint8,), 1)
+        if head_mask.numel() != heads:
+            raise ValueError(f"head_mask must have one entry per head ({heads}), got {head_mask.numel()}")
+    check_same_device(qkv=qkv, params=params, m=m, e=e, mask=mask, head_mask=head_mask)
+    if backend == "auto":
+        backend = "triton" if qkv.is_cuda else ("cpp" if cpp_extension() is not None else "torch")
+    if backend == "cpp":
+        ext = cpp_extension()
+        if ext is None or qkv.is_cuda:
+            raise ValueError("backend='cpp' needs CPU tensors and an x86 CPU with AVX-512 VNNI and a C++ compiler")
+        return _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs)
+    ctx, probs = attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend)
+    return ctx, probs if return_probs else None

@@ -1,0 +1,175 @@
+// Fused integer attention for x86 CPUs with AVX-512 VNNI: per (batch, head), Q K^T, i-softmax, P V and the
+// requantization of the context, with the scores kept in cache. Bit-exact with kernels.attention's reference.
+//
+// The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
+// P V takes the 0..255 probabilities as they are.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int32_t kClip = 1 << 30;
+constexpr int32_t kMaxZ = 30;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+inline __m512i bcast4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// C[R rows, NB x 16 cols] = A[R, 4G] (uint8, row stride lda) . B packed as [G][ldb][4] int8, columns col0...
+template <int R, int NB>
+inline void dot_block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t groups, int64_t col0,
+                      int32_t* c, int64_t ldc) {
+  __m512i acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NB; ++n) acc[r][n] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int8_t* bg = b + (g * ldb + col0) * 4;
+    __m512i bv[NB];
+    for (int n = 0; n < NB; ++n) bv[n] = _mm512_loadu_si512(bg + n * 64);
+    for (int r = 0; r < R; ++r) {
+      __m512i av = bcast4(a + r * lda + g * 4);
+      for (int n = 0; n < NB; ++n) acc[r][n] = _mm512_dpbusd_epi32(acc[r][n], av, bv[n]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < NB; ++n) _mm512_storeu_si512(c + r * ldc + col0 + n * 16, acc[r][n]);
+}
+
+// C[rows, cols] = A[rows, 4 groups] . B, rows a multiple of 4, cols a multiple of 16.
+void dot(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups, int64_t rows, int64_t cols, int32_t* c) {
+  for (int64_t i = 0; i < rows; i += 4) {
+    int64_t col = 0;
+    for (; col + 64 <= cols; col += 64) dot_block<4, 4>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols);
+    switch ((cols - col) / 16) {
+      case 3: dot_block<4, 3>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      case 2: dot_block<4, 2>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      case 1: dot_block<4, 1>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      default: break;
+    }
+  }
+}
+
+// i-softmax of one row, exactly as kernels.softmax.softmax_reference (each loop vectorizes).
+void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, int64_t n, const int32_t* prm,
+                 int out_bits, int32_t* __restrict ex, uint8_t* __restrict out) {
+  const int32_t x0 = prm[0], b = prm[1], c = prm[2], shift = prm[3], r = prm[4];
+  int32_t top = INT32_MIN;
+  for (int64_t j = 0; j < n; ++j) {
+    int32_t y = std::min(std::max(x[j], -kClip), kClip);
+    if (mask) y += std::min(std::max(mask[j], -kClip), kClip);
+    ex[j] = y;
+    top = std::max(top, y);
+  }
+  const int32_t low = top - kClip, zmin = kMaxZ * x0;
+  int32_t sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t d = std::max((std::max(ex[j], low) - top) >> r, zmin);
+    int32_t z = d <= 16 * x0 ? 16 : 0;  // z = d // x0 in [0, 30]: floor_div_small's binary search
+    z = d <= (z + 8) * x0 ? z + 8 : z;
+    z = d <= (z + 4) * x0 ? z + 4 : z;
+    z = d <= (z + 2) * x0 ? z + 2 : z;
+    z = d <= (z + 1) * x0 ? z + 1 : z;
+    const int32_t p = d - z * x0;
+    ex[j] = ((p + b) * p + c) >> std::min(z + shift, 31);
+    sum += ex[j];
+  }
+  const int32_t factor = INT32_MAX / sum, top_p = (1 << out_bits) - 1;
+  for (int64_t j = 0; j < n; ++j) out[j] = (uint8_t)std::min((((ex[j] * factor) >> (30 - out_bits)) + 1) >> 1, top_p);
+}
+
+// One head's operands from the fused QKV rows (row stride ld): Q + 128 as uint8 [Sp, dp] (padding 128, i.e. q = 0),
+// K packed [dp/4][Sp][4], V packed [Sp/4][dp][4] (padding 0), and 128 rowsum(K) [S].
+void pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, int64_t d, int64_t Sp, int64_t dp,
+               uint8_t* __restrict q, int8_t* __restrict kp, int8_t* __restrict vp, int32_t* __restrict ksum) {
+  std::memset(q, 128, Sp * dp);
+  std::memset(kp, 0, Sp * dp);
+  std::memset(vp, 0, Sp * dp);
+  for (int64_t i = 0; i < S; ++i) {
+    const int8_t* __restrict x = qrow + i * ld;
+    const int8_t* __restrict key = x + H;
+    int32_t s = 0;
+    for (int64_t k = 0; k < d; ++k) {
+      q[i * dp + k] = (uint8_t)(x[k] ^ 0x80);
+      s += key[k];
+    }
+    ksum[i] = 128 * s;
+    for (int64_t k = 0; k < d; ++k) kp[((k >> 2) * Sp + i) * 4 + (k & 3)] = key[k];
+  }
+  for (int64_t i = 0; i < S; i += 4) {  // four rows of V interleaved into 32-bit words
+    const uint8_t* __restrict v[4];
+    for (int t = 0; t < 4; ++t) v[t] = i + t < S ? (const uint8_t*)(qrow + (i + t) * ld + 2 * H) : q;
+    const uint32_t pad = i + 3 < S ? 0xffffffffu : (1u << 8 * (S - i)) - 1;  // rows past S count as zero
+    uint32_t* __restrict dst = reinterpret_cast<uint32_t*>(vp + (i >> 2) * dp * 4);
+    for (int64_t k = 0; k < d; ++k)
+      dst[k] = (v[0][k] | v[1][k] << 8 | v[2][k] << 16 | (uint32_t)v[3][k] << 24) & pad;
+  }
+}
+
+// round(acc * m / 2**e) clamped to +-qmax, for one head's [S, d] context (row strides dp in, H out).
+void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_t dp, int64_t m, int64_t e,
+                     int64_t qmax, int8_t* __restrict out, int64_t H) {
+  const int64_t half = e > 0 ? int64_t(1) << (e - 1) : 0;
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t k = 0; k < d; ++k) {
+      const int64_t y = ((int64_t)acc[i * dp + k] * m + half) >> e;
+      out[i * H + k] = (int8_t)std::min(std::max(y, -qmax), qmax);
+    }
+}
+
+}  // namespace
+
+// qkv: [B*S, 3*heads*d] int8 (per token: q, k, v, each [heads, d]); mask: [B, S] int32 or empty; params: [5]
+// int64 (softmax_params); head_mask: [heads] uint8 or empty. Returns ctx [B*S, heads*d] int8 and, when asked,
+// the probabilities [B, heads, S, S] uint8.
+std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torch::Tensor params, int64_t batch,
+                                     int64_t heads, int64_t m, int64_t e, int64_t softmax_bits, int64_t qmax,
+                                     torch::Tensor head_mask, bool want_probs) {
+  const int64_t tokens = qkv.size(0), H = qkv.size(1) / 3, d = H / heads, S = tokens / batch;
+  const int64_t Sp = round_up(S, 16), dp = round_up(d, 16);
+  auto ctx = torch::empty({tokens, H}, qkv.options());
+  auto probs = want_probs ? torch::empty({batch, heads, S, S}, qkv.options().dtype(torch::kUInt8)) : torch::Tensor();
+  const int8_t* src = qkv.data_ptr<int8_t>();
+  const int32_t* mk = mask.numel() ? mask.data_ptr<int32_t>() : nullptr;
+  const uint8_t* hm = head_mask.numel() ? head_mask.data_ptr<uint8_t>() : nullptr;
+  int32_t prm[5];
+  for (int i = 0; i < 5; ++i) prm[i] = (int32_t)params.data_ptr<int64_t>()[i];
+  int8_t* out = ctx.data_ptr<int8_t>();
+  uint8_t* pout = want_probs ? probs.data_ptr<uint8_t>() : nullptr;
+  const int bits = (int)softmax_bits;
+
+  at::parallel_for(0, batch * heads, 1, [=](int64_t begin, int64_t end) {
+    std::vector<uint8_t> q(Sp * dp), p(Sp * Sp);
+    std::vector<int8_t> kp(Sp * dp), vp(Sp * dp);
+    std::vector<int32_t> scores(Sp * Sp), ksum(Sp), ex(Sp), acc(Sp * dp);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / heads, h = task % heads;
+      pack_head(src + bi * S * 3 * H + h * d, 3 * H, H, S, d, Sp, dp, q.data(), kp.data(), vp.data(), ksum.data());
+      dot(q.data(), dp, kp.data(), dp / 4, Sp, Sp, scores.data());
+      std::fill(p.begin(), p.end(), 0);
+      if (!hm || hm[h]) {
+        for (int64_t i = 0; i < S; ++i) {
+          int32_t* srow = scores.data() + i * Sp;
+          for (int64_t j = 0; j < S; ++j) srow[j] -= ksum[j];
+          softmax_row(srow, mk ? mk + bi * S : nullptr, S, prm, bits, ex.data(), p.data() + i * Sp);
+        }
+      }
+      if (pout)
+        for (int64_t i = 0; i < S; ++i) std::memcpy(pout + (task * S + i) * S, p.data() + i * Sp, S);
+      dot(p.data(), Sp, vp.data(), Sp / 4, Sp, dp, acc.data());
+      requantize_head(acc.data(), S, d, dp, m, e, qmax, out + bi * S * H + h * d, H);
+    }
+  });
+  return {ctx, probs};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) { mod.def("attention", &attention, "fused integer attention (CPU)"); }

@@ -1,0 +1,96 @@
+"""The integer attention core: the fused C++ CPU kernel and the Triton composition equal the torch reference."""
+import re
+
+import pytest
+import torch
+
+from kernels import attention, dyadic, softmax_params
+from kernels.attention import _SOURCE, cpp_extension
+
+needs_cpp = pytest.mark.skipif(cpp_extension() is None, reason="the fused CPU kernel needs x86 AVX-512 VNNI and g++")
+
+SHAPES = [(1, 1, 1, 4), (2, 7, 2, 8), (2, 33, 3, 12), (3, 70, 2, 32), (2, 128, 12, 64), (1, 200, 1, 80)]
+
+
+def inputs(B, S, heads, d, seed=0, scale=4e-3):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randint(-127, 128, (B, S, 3 * heads * d), generator=g, dtype=torch.int64).to(torch.int8)
+    m, e = dyadic(torch.tensor([5e-3], dtype=torch.float64))
+    mask = torch.zeros(B, S, dtype=torch.int32)
+    mask[0, S // 2 + 1:] = -(2**30)  # batch 0 sees its first half only
+    return qkv, softmax_params(torch.tensor(scale)), m, e, mask
+
+
+def run(backend, qkv, heads, params, m, e, mask=None, head_mask=None):
+    return attention(qkv, heads, params, m, e, mask, head_mask, return_probs=True, backend=backend)
+
+
+@needs_cpp
+@pytest.mark.parametrize("B,S,heads,d", SHAPES)
+def test_cpp_equals_reference(B, S, heads, d):
+    qkv, params, m, e, mask = inputs(B, S, heads, d)
+    head_mask = torch.ones(heads, dtype=torch.uint8)
+    head_mask[-1] = 0
+    for args in ((None, None), (mask, None), (mask, head_mask)):
+        ctx, probs = run("cpp", qkv, heads, params, m, e, *args)
+        ref_ctx, ref_probs = run("torch", qkv, heads, params, m, e, *args)
+        assert ctx.dtype == torch.int8 and ctx.shape == (B, S, heads * d)
+        assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+        if args[1] is None:  # a comparison of zeros would prove nothing
+            assert ctx.abs().max() > 10 and probs.max() > 0
+
+
+@needs_cpp
+@pytest.mark.parametrize("scale", [1e-6, 3e-4, 0.08])
+def test_cpp_extremes_equal_reference(scale):
+    """Saturated inputs (largest scores), every softmax input scale, a fully masked row, a large multiplier."""
+    B, S, heads, d = 2, 19, 2, 64
+    qkv = torch.full((B, S, 3 * heads * d), 127, dtype=torch.int8)
+    qkv[1, ::2] = -127
+    qkv[1, 1::3, heads * d:] = 127
+    mask = torch.zeros(B, S, dtype=torch.int32)
+    mask[0] = -(2**31)  # every key masked: a uniform row
+    m, e = dyadic(torch.tensor([0.9], dtype=torch.float64))
+    params = softmax_params(torch.tensor(scale))
+    for args in ((None, None), (mask, None)):
+        ctx, probs = run("cpp", qkv, heads, params, m, e, *args)
+        ref_ctx, ref_probs = run("torch", qkv, heads, params, m, e, *args)
+        assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+    assert ctx.abs().max() == 127
+
+
+def test_triton_equals_reference():
+    qkv, params, m, e, mask = inputs(2, 9, 2, 16, seed=1)
+    ctx, probs = run("triton", qkv, 2, params, m, e, mask)
+    ref_ctx, ref_probs = run("torch", qkv, 2, params, m, e, mask)
+    assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+
+
+def test_probs_only_when_asked():
+    qkv, params, m, e, mask = inputs(1, 5, 1, 8)
+    ctx, probs = attention(qkv, 1, params, m, e, mask)
+    assert probs is None and ctx.shape == (1, 5, 8)
+
+
+def test_cpp_source_has_no_float_arithmetic():
+    """The fused kernel is integer-only: no float type anywhere in its source."""
+    code = re.sub(r"//.*", "", _SOURCE.read_text())
+    assert not re.findall(r"\b(float|double|__m512[dh]?|__m256[dh]?|__fp16|__bf16|_Float\d+)\b", code)
+
+
+def test_bad_inputs_raise_clear_errors():
+    qkv, params, m, e, mask = inputs(2, 5, 2, 8)
+    with pytest.raises(TypeError, match="qkv must have dtype"):
+        attention(qkv.int(), 2, params, m, e)
+    with pytest.raises(ValueError, match="3 \\* heads"):
+        attention(qkv, 5, params, m, e)
+    with pytest.raises(ValueError, match="params must have 5"):
+        attention(qkv, 2, params[:4], m, e)
+    with pytest.raises(ValueError, match="mask must be"):
+        attention(qkv, 2, params, m, e, mask[:1])
+    with pytest.raises(ValueError, match="head_mask must have one entry per head"):
+        attention(qkv, 2, params, m, e, mask, torch.ones(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="bit width"):
+        attention(qkv, 2, params, m, e, bits=16)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        attention(qkv, 2, params, m, e, backend="cuda")
