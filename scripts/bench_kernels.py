@@ -1,6 +1,7 @@
 """Per-op benchmark: each integer op against the float op it replaces, at BERT-base/large shapes.
 
-CPU: the torch backend (compiled integer epilogues) vs fp32/bf16. GPU: Triton vs torch._int_mm vs fp16.
+CPU: the torch backend (compiled integer epilogues; attention: the fused C++ kernel) vs fp32/bf16 (attention:
+fp32 `scaled_dot_product_attention`). GPU: Triton vs torch._int_mm vs fp16.
     python scripts/bench_kernels.py [--device cuda] [--quick]
 Prints markdown tables and appends every figure to benchmarks/results.csv.
 """
@@ -71,6 +72,11 @@ def bench_elementwise(device: str, ms: list[int]) -> list[dict]:
         qs = (sc / 3e-3).round().int()
         sp = kernels.softmax_params(torch.tensor(3e-3, device=device))
         cases[f"softmax [{B}, 12, {S}, {S}]"] = (lambda: torch.softmax(sc, -1), lambda: kernels.softmax(qs, sp))
+        q, k, v = torch.randn(3, B, 12, S, 64, device=device).unbind(0)
+        qkv = torch.randint(-127, 128, (B, S, 3 * 768), dtype=torch.int8, device=device)
+        am, ae = kernels.dyadic(torch.tensor([5e-3], device=device, dtype=torch.float64))
+        cases[f"attention [{B}, 12, {S}, 64]"] = (lambda: F.scaled_dot_product_attention(q, k, v),
+                                                   lambda: kernels.attention(qkv, 12, sp, am, ae))
         for case, (flt, integer) in cases.items():
             tf, ti = measure(flt, device), measure(integer, device)
             rows.append({"case": case, "float ms": f"{tf:.3f}", "integer ms": f"{ti:.3f}", "speedup": f"{tf / ti:.2f}x"})
