@@ -9,17 +9,20 @@ Gradients pass straight through (STE): each integer result `y_int * s` is return
 """
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from kernels._utils import maybe_compiled, qmax
+from kernels._utils import maybe_compiled, out_dtype, qmax
 from kernels.requant import requantize_reference
 
 EPS_SCALE = 1e-8  # smallest scale: a tensor of zeros still gets a finite scale
 
 Scaled = tuple[torch.Tensor, "torch.Tensor | None"]
+T = TypeVar("T")
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -61,6 +64,27 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
     """Symmetric scale of a weight: max |w| per output row (per_channel) or over the tensor, / qmax."""
     lo, hi = torch.aminmax(w.detach(), dim=1) if per_channel else (v.reshape(1) for v in torch.aminmax(w.detach()))
     return torch.maximum(-lo, hi).clamp(min=EPS_SCALE) / qmax(bits)
+
+
+class FrozenWeightCache:
+    """Mixin for modules with a `weight`: values derived from it are computed once while no gradient can reach it
+    and it is unchanged (same storage and version counter, which in-place updates, optimizer steps and
+    `load_state_dict` bump), so evaluation quantizes each weight once, not every forward. `.train()` and
+    `.eval()` empty the cache too: changes made through `.data` bump no version."""
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_frozen_cache", None)
+        return super().train(mode)
+
+    def frozen(self, name: str, compute: Callable[[], T]) -> T:
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return compute()
+        key = (w.data_ptr(), w._version, w.shape, w.dtype)
+        cache = self.__dict__.setdefault("_frozen_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, compute())
+        return cache[name][1]
 
 
 def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
@@ -124,7 +148,7 @@ class QuantAct(nn.Module):
         return ste(total, y), s_out
 
 
-class QuantEmbedding(nn.Embedding):
+class QuantEmbedding(FrozenWeightCache, nn.Embedding):
     """Embedding with an 8-bit per-tensor weight."""
 
     def __init__(self, num: int, dim: int, padding_idx: int | None = None, bits: int = 8, quant_mode: bool = False):
@@ -137,13 +161,13 @@ class QuantEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> Scaled:
         if not self.quant_mode:
             return super().forward(ids), None
-        s = self.weight_scale()
+        s = self.frozen("scale", self.weight_scale)
         # Quantization is elementwise: quantize the looked-up rows, not the whole table.
         rows = F.embedding(ids, self.weight, self.padding_idx)
         return quantize_weight(rows, s, self.bits) * s, s
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(FrozenWeightCache, nn.Linear):
     """Linear layer with 8-bit per-output-channel weights and a 32-bit bias of scale s_x * s_w.
 
     Quant mode returns the integer accumulator `x_int @ w_int.T + b_int` (exact in fp32 while partial sums
@@ -157,6 +181,19 @@ class QuantLinear(nn.Linear):
 
     def weight_scale(self) -> torch.Tensor:
         return weight_scale(self.weight, self.bits, per_channel=True)
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_w [N], the integer-valued float weight [N, K] with a straight-through gradient). Without a gradient to
+        the weight, both are computed once per weight version (the integers kept in an integer dtype)."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            s_w = self.weight_scale()
+            return s_w, quantize_weight(self.weight, s_w, self.bits)
+        s_w, w_int = self.frozen("weight", self._integer_weight)
+        return s_w, w_int.to(self.weight.dtype)
+
+    def _integer_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s_w = self.weight_scale()
+        return s_w, quantize_weight(self.weight, s_w, self.bits).to(out_dtype(self.bits))
 
     def acc_scale(self, s_x: torch.Tensor) -> torch.Tensor:
         """Scale [N] of the accumulator."""
@@ -172,11 +209,11 @@ class QuantLinear(nn.Linear):
             return super().forward(x), None
         if s_x is None:
             raise ValueError("QuantLinear in quant mode needs the input's scale")
-        s_w = self.weight_scale()
+        s_w, w_int = self.quantized_weight()
         s_acc = s_x * s_w
         x_scaled = x / s_x
         x_int = ste(x_scaled, torch.round(x_scaled.detach()))
-        acc = F.linear(x_int, quantize_weight(self.weight, s_w, self.bits),
+        acc = F.linear(x_int, w_int,
                        self.bias_int(s_acc) if self.bias is not None else None)
         return acc * s_acc, s_acc
 

@@ -118,6 +118,28 @@ def test_quant_embedding_quantizes_looked_up_rows_like_the_table():
     assert emb.weight.grad[ids[0, 0]].abs().sum() > 0
 
 
+def test_frozen_weights_are_quantized_once_per_version():
+    """Without gradients the quantized weight is cached; a change of the weight (in place, an optimizer step, a new
+    tensor, or through `.data` followed by `.eval()`) is seen, and values equal the uncached gradient-mode ones."""
+    from ibert.quant import QuantEmbedding, QuantLinear
+
+    torch.manual_seed(0)
+    lin, emb = QuantLinear(8, 5, quant_mode=True), QuantEmbedding(20, 8, quant_mode=True)
+    x, s_x, ids = torch.randn(3, 8).round() * 0.1, torch.tensor([0.1]), torch.arange(6)
+    lin.weight.grad, emb.weight.grad = torch.ones_like(lin.weight), torch.ones_like(emb.weight)
+    opt = torch.optim.SGD([lin.weight, emb.weight], lr=0.5)
+    changes = (lambda: None, lambda: lin.weight.mul_(-3), opt.step, lambda: (emb.weight.data.mul_(2), emb.eval()),
+               lambda: setattr(lin, "weight", torch.nn.Parameter(torch.randn(5, 8))))
+    for change in changes:
+        with torch.no_grad():
+            change()
+        expected = lin(x, s_x)[0], emb(ids)[0]  # gradient mode: recomputed
+        with torch.no_grad():
+            for _ in range(2):
+                assert torch.equal(lin(x, s_x)[0], expected[0]) and torch.equal(emb(ids)[0], expected[1])
+    assert set(lin.__dict__["_frozen_cache"]) == {"weight"} and set(emb.__dict__["_frozen_cache"]) == {"scale"}
+
+
 def test_scales_propagate_between_layers():
     """Each layer's input scale is the previous layer's output scale (transformers passes the embedding's)."""
     model = calibrated("IBertModel")
