@@ -12,16 +12,19 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels._utils import qmax
+from kernels.attention import _attention_kernel
 from kernels.gelu import INPUT_BITS, _gelu_kernel
 from kernels.gemm import _int8_gemm_kernel
 from kernels.layernorm import MIN_SHIFT, NORM_BITS, VAR_BITS, _layernorm_kernel
 from kernels.requant import _requantize_kernel
 from kernels.softmax import CLIP, MAX_Z, _softmax_kernel
+from kernels.tuning import row_config
 
 ARCHS = (80, 90)
 
@@ -90,11 +93,22 @@ def layernorm_spec(N: int = 1024) -> KernelSpec:
                        "y_ptr": "*i8", "N": "i32", **_constexprs(flags)}, flags)
 
 
+def attention_spec(S: int = 512, D: int = 64, BLOCK_M: int = 16) -> KernelSpec:
+    flags = dict(QMAX=127, OUT_BITS=8, MAX_Z_=MAX_Z, CLIP_=CLIP, HAS_MASK=True, HAS_HEAD_MASK=True,
+                 RETURN_PROBS=False, BLOCK_M=BLOCK_M, BLOCK_S=max(32, triton.next_power_of_2(S)),
+                 BLOCK_D=max(32, triton.next_power_of_2(D)))
+    return KernelSpec(f"attention_s{S}", _attention_kernel,
+                      {"qkv_ptr": "*i8", "mask_ptr": "*i32", "hm_ptr": "*u8", "p_ptr": "*i64", "m_ptr": "*i32",
+                       "e_ptr": "*i32", "ctx_ptr": "*i8", "probs_ptr": "*u8", "S": "i32", "H": "i32",
+                       "heads": "i32", "D": "i32", **_constexprs(flags)}, flags)
+
+
 def default_specs() -> list[KernelSpec]:
     """One representative specialization of every kernel."""
     return [
         gemm_spec(), gemm_spec(requant=False), gemm_spec(BLOCK_M=64, BLOCK_N=64, a_unsigned=True), gemm_spec(gelu=True),
         requantize_spec(), gelu_spec(), softmax_spec(), layernorm_spec(),
+        *(attention_spec(S, BLOCK_M=row_config("attention", S, torch.device("cpu"))["BLOCK_M"]) for S in (128, 512)),
     ]
 
 
@@ -152,6 +166,8 @@ def main() -> None:
                 cfg = default_gemm_config(f"sm{arch}")
                 warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
                 spec = dataclasses.replace(spec, constexprs={**spec.constexprs, **cfg})
+            if spec.fn is _attention_kernel:
+                warps = row_config("attention", spec.constexprs["BLOCK_S"], torch.device("cpu"))["num_warps"]
             try:
                 rows.append({**ptxas_report(compile_spec(spec, arch, warps, stages), spec.name, arch).__dict__,
                              "error": None})

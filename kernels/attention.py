@@ -1,25 +1,33 @@
 """The integer self-attention core of every head: scores = Q K^T, i-softmax, context = P V requantized.
 
 It reads the fused QKV projection's int8 output and returns the context laid out for the output projection.
-Backends: "torch" (the reference: `int8_bmm`, `softmax`, `int8_bmm`), "triton" (the same three ops as Triton
-kernels), "cpp" (one fused C++ kernel per (batch, head) for x86 CPUs with AVX-512 VNNI: the int32 scores never
-leave the cache; built on first use). "auto" takes Triton for CUDA tensors, else "cpp" where it builds, else torch.
+Backends: "torch" (the reference: `int8_bmm`, `softmax`, `int8_bmm`), "triton" (one fused kernel per block of
+queries of one head, whole rows of keys in registers, for S <= 512; longer rows run the three ops as Triton
+kernels), "cpp" (one fused C++ kernel per (batch, head) for x86 CPUs with AVX-512 VNNI, built on first use).
+The fused kernels never write the int32 scores to memory. "auto" takes Triton for CUDA tensors, else "cpp"
+where it builds, else torch.
 """
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import warnings
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
-from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax
+from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax, rshift_round
 from kernels.gemm import int8_bmm
+from kernels.softmax import CLIP, MAX_Z
 from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
-from kernels.softmax import softmax
+from kernels.softmax import softmax, softmax_rows
+from kernels.tuning import launch_config
 
 BACKENDS = ("auto", "triton", "torch", "cpp")
+MAX_FUSED_S = 512  # the fused Triton kernel keeps [BLOCK_M, next_pow2(S)] scores in registers
 _SOURCE = Path(__file__).parent / "csrc" / "attention_cpu.cpp"
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
 
@@ -63,6 +71,75 @@ def attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits,
     return ctx.view(B, heads, S, d).transpose(1, 2).reshape(B, S, H), probs
 
 
+@triton.jit
+def _attention_kernel(
+    qkv_ptr,  # [B*S, 3*H] int8: per token q, k, v, each [heads, D]
+    mask_ptr,  # [B, S] int32 additive (HAS_MASK)
+    hm_ptr,  # [heads] uint8 (HAS_HEAD_MASK)
+    p_ptr,  # [5] int64 softmax constants
+    m_ptr, e_ptr,  # [1] int32, P V -> context
+    ctx_ptr,  # [B*S, H] int8
+    probs_ptr,  # [B, heads, S, S] uint8 (RETURN_PROBS)
+    S, H, heads, D,
+    QMAX: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_HEAD_MASK: tl.constexpr, RETURN_PROBS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_m = (b * S + offs_m).to(tl.int64) * 3 * H
+    row_s = (b * S + offs_s).to(tl.int64) * 3 * H
+    valid_m = offs_m < S
+    valid_s = offs_s < S
+    valid_d = offs_d < D
+    q = tl.load(qkv_ptr + row_m[:, None] + h * D + offs_d[None, :], mask=valid_m[:, None] & valid_d[None, :], other=0)
+    kt = tl.load(qkv_ptr + row_s[None, :] + H + h * D + offs_d[:, None], mask=valid_d[:, None] & valid_s[None, :],
+                 other=0)
+    x = tl.dot(q, kt)  # [BLOCK_M, BLOCK_S] int32, exact
+    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
+    if HAS_MASK:
+        mk = tl.load(mask_ptr + b * S + offs_s, mask=valid_s, other=0)
+        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)[None, :]
+    p = softmax_rows(x, valid_s[None, :], p_ptr, OUT_BITS, MAX_Z_, CLIP_)
+    if HAS_HEAD_MASK:
+        p *= tl.load(hm_ptr + h).to(tl.int32)
+    if RETURN_PROBS:
+        probs = probs_ptr + (bh.to(tl.int64) * S + offs_m[:, None]) * S + offs_s[None, :]
+        tl.store(probs, p.to(tl.uint8), mask=valid_m[:, None] & valid_s[None, :])
+    # P is 0..255: P V = (P - 128) V + 128 colsum(V), both int8 products
+    v = tl.load(qkv_ptr + row_s[:, None] + 2 * H + h * D + offs_d[None, :], mask=valid_s[:, None] & valid_d[None, :],
+                other=0)
+    acc = tl.dot((p - 128).to(tl.int8), v) + 128 * tl.sum(v.to(tl.int32), axis=0)[None, :]
+    y = rshift_round(acc.to(tl.int64) * tl.load(m_ptr).to(tl.int64), tl.load(e_ptr).to(tl.int64))
+    y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+    out = ctx_ptr + (b * S + offs_m)[:, None].to(tl.int64) * H + h * D + offs_d[None, :]
+    tl.store(out, y.to(tl.int8), mask=valid_m[:, None] & valid_d[None, :])
+
+
+def _attention_triton(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs, config):
+    B, S, H3 = qkv.shape
+    H = H3 // 3
+    qkv = qkv.contiguous()
+    ctx = torch.empty((B, S, H), dtype=torch.int8, device=qkv.device)
+    probs = torch.empty((B, heads, S, S) if return_probs else (1,), dtype=torch.uint8, device=qkv.device)
+    cfg = launch_config("attention", config, S, qkv.device)
+    grid = (triton.cdiv(S, cfg["BLOCK_M"]), B * heads)
+    _attention_kernel[grid](
+        qkv, mask if mask is not None else qkv, head_mask if head_mask is not None else qkv, params, m, e, ctx, probs,
+        S, H, heads, H // heads,
+        QMAX=qmax(bits), OUT_BITS=softmax_bits, MAX_Z_=MAX_Z, CLIP_=CLIP, HAS_MASK=mask is not None,
+        HAS_HEAD_MASK=head_mask is not None, RETURN_PROBS=return_probs, BLOCK_M=cfg["BLOCK_M"],
+        BLOCK_S=max(32, triton.next_power_of_2(S)), BLOCK_D=max(32, triton.next_power_of_2(H // heads)),
+        num_warps=cfg["num_warps"],
+    )
+    return ctx, probs if return_probs else None
+
+
 def _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs):
     B, S, H3 = qkv.shape
     empty = qkv.new_empty(0)
@@ -76,7 +153,7 @@ def _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits,
 def attention(
     qkv: torch.Tensor, heads: int, params: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
     mask: torch.Tensor | None = None, head_mask: torch.Tensor | None = None, softmax_bits: int = 8, bits: int = 8,
-    return_probs: bool = False, backend: str = "auto",
+    return_probs: bool = False, backend: str = "auto", config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Integer self-attention of every head, exact.
 
@@ -86,6 +163,7 @@ def attention(
     m, e: [1] int32 dyadic multiplier taking P V (scale 2**-softmax_bits s_v) to the `bits`-bit context.
     Returns the context [B, S, H] int8 (heads concatenated) and, with return_probs, the probabilities
     [B, heads, S, S] uint8 of scale 2**-softmax_bits (else None).
+    config: the fused Triton kernel's launch configuration ({BLOCK_M, num_warps}); default from `tuning`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -115,5 +193,9 @@ def attention(
         if ext is None or qkv.is_cuda:
             raise ValueError("backend='cpp' needs CPU tensors and an x86 CPU with AVX-512 VNNI and a C++ compiler")
         return _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs)
+    if backend == "triton" and S <= MAX_FUSED_S:
+        if not qkv.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing kernels")
+        return _attention_triton(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs, config)
     ctx, probs = attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend)
     return ctx, probs if return_probs else None

@@ -89,25 +89,11 @@ _softmax_torch = maybe_compiled(softmax_reference)
 
 
 @triton.jit
-def _softmax_kernel(
-    x_ptr,  # [R, S] int32
-    mask_ptr,  # [B, S] int32 additive, row r uses mask row r // rows_per_batch
-    p_ptr,  # [5] int64
-    y_ptr,  # [R, S] uint8 / int32
-    S, rows_per_batch,
-    HAS_MASK: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK_S)
-    valid = offs < S
-    x = tl.load(x_ptr + row * S + offs, mask=valid, other=0)
-    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
-    if HAS_MASK:
-        mk = tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0)
-        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)
+def softmax_rows(x, valid, p_ptr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr):
+    """i-softmax along axis 1 of int32 scores x [R, BLOCK] (mask added, clipped to +-CLIP_); `valid` marks the
+    real keys. Returns int32 probabilities 0..2**OUT_BITS - 1, 0 on invalid keys."""
     x = tl.where(valid, x, -(2**31))
-    top = tl.max(x, axis=0)
+    top = tl.max(x, axis=1)[:, None]
     x0 = tl.load(p_ptr).to(tl.int32)
     b = tl.load(p_ptr + 1).to(tl.int32)
     c = tl.load(p_ptr + 2).to(tl.int32)
@@ -119,8 +105,30 @@ def _softmax_kernel(
     p = d - z * x0
     ex = ((p + b) * p + c) >> tl.minimum(z + shift, 31)
     ex = tl.where(valid, ex, 0)
-    factor = (2**31 - 1) // tl.sum(ex, axis=0)
+    factor = (2**31 - 1) // tl.sum(ex, axis=1)[:, None]
     y = tl.minimum((((ex * factor) >> (30 - OUT_BITS)) + 1) >> 1, (1 << OUT_BITS) - 1)
+    return tl.where(valid, y, 0)
+
+
+@triton.jit
+def _softmax_kernel(
+    x_ptr,  # [R, S] int32
+    mask_ptr,  # [B, S] int32 additive, row r uses mask row r // rows_per_batch
+    p_ptr,  # [5] int64
+    y_ptr,  # [R, S] uint8 / int32
+    S, rows_per_batch,
+    HAS_MASK: tl.constexpr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_S)[None, :]
+    valid = offs < S
+    x = tl.load(x_ptr + row * S + offs, mask=valid, other=0)
+    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
+    if HAS_MASK:
+        mk = tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0)
+        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)
+    y = softmax_rows(x, valid, p_ptr, OUT_BITS, MAX_Z_, CLIP_)
     tl.store(y_ptr + row * S + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
 
 

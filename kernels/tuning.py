@@ -5,7 +5,8 @@ Tuned configurations come from `scripts/autotune.py` on a GPU and live in `kerne
 
     {"gemm": {"<M>,<N>,<K>": {BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages}},
      "softmax": {"<S>": {num_warps}}, "layernorm": {"<N>": {num_warps}},
-     "gelu": {"<N>": {BLOCK, num_warps}}, "requantize": {"<N>": {BLOCK, num_warps}}}
+     "gelu": {"<N>": {BLOCK, num_warps}}, "requantize": {"<N>": {BLOCK, num_warps}},
+     "attention": {"<S>": {BLOCK_M, num_warps}}}
 
 Every section is optional. A GEMM shape without an entry takes the entry of the same (N, K) with the nearest
 M; a row kernel's size without an entry takes the nearest size's; else the default. A malformed file is
@@ -23,8 +24,10 @@ import torch
 
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 # One program per row (softmax, layernorm: the block is the row) or per block of elements (gelu, requantize).
+# attention: one program per BLOCK_M queries of one head, the whole row of keys in registers.
 ROW_KERNEL_KEYS = {"softmax": ("num_warps",), "layernorm": ("num_warps",),
-                   "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps")}
+                   "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps"),
+                   "attention": ("BLOCK_M", "num_warps")}
 TUNED_DIR = Path(__file__).parent / "tuned"
 
 # int8 tl.dot needs BLOCK_K >= 32 on NVIDIA. The int64 requantizing epilogue is register-hungry: in the sweep
@@ -73,6 +76,8 @@ def validate_row_config(kernel: str, cfg: object) -> dict:
     _check_values(cfg, kernel)
     if cfg["num_warps"] > 32 or cfg.get("BLOCK", 128) < 128:
         raise ValueError(f"{kernel} config needs num_warps <= 32 and BLOCK >= 128: {cfg}")
+    if cfg.get("BLOCK_M", 16) < 16:
+        raise ValueError(f"{kernel} config needs BLOCK_M >= 16 (an int8 dot): {cfg}")
     return cfg
 
 
@@ -154,4 +159,6 @@ def row_config(kernel: str, n: int, device: torch.device) -> dict:
         return dict(tuned[min(tuned, key=lambda size: abs(size[0] - n))])
     if "BLOCK" in ROW_KERNEL_KEYS[kernel]:
         return dict(_ELEMENTWISE_DEFAULT)
+    if kernel == "attention":  # [BLOCK_M, S] int32 scores per program; from the AOT sweep (benchmarks/autotune)
+        return dict(BLOCK_M=32 if n <= 256 else 16, num_warps=8 if n <= 128 else 16)
     return dict(num_warps=4 if n <= 2048 else 8)

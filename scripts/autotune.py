@@ -1,14 +1,14 @@
 """Sweep the Triton kernels' configurations over BERT-base/large GLUE inference shapes.
 
 Kernels: the int8 GEMM (tiles, warps, stages), softmax and layernorm (warps per row), gelu and requantize
-(block size, warps). On a GPU: every configuration is checked against the torch reference (exactly) and
+(block size, warps), the fused attention (queries per program, warps). On a GPU: every configuration is checked against the torch reference (exactly) and
 timed; the best per shape goes to kernels/tuned/<arch>.json, which `kernels.tuning` then loads.
 Without a GPU: every configuration is checked through the interpreter on a small odd shape, and compiled
 ahead of time for sm_80 and sm_90, with registers, spills and shared memory from ptxas; configurations that
 spill, exceed shared memory or fail to compile are flagged.
 Output per kernel: a markdown table, a CSV and heatmap PNGs (registers, spills) under --out.
 
-    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize] [--quick] [--out DIR]
+    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize attention] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 BATCHES, SEQS = (1, 8, 32), (128, 256)
-ROW_SIZES = {"softmax": (128, 256), "layernorm": (768, 1024), "gelu": (3072, 4096), "requantize": (768, 3072)}
+ROW_SIZES = {"softmax": (128, 256), "layernorm": (768, 1024), "gelu": (3072, 4096), "requantize": (768, 3072),
+             "attention": (128, 256, 512)}
 KERNELS = ("gemm", *ROW_SIZES)
 BASE_NK = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # (N, K): fused QKV, attn-out, FFN-in, FFN-out
 LARGE_NK = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
@@ -52,6 +53,8 @@ def row_sweep_configs(kernel: str, quick: bool = False) -> list[dict]:
     if "BLOCK" in ROW_KERNEL_KEYS[kernel]:
         blocks = (512, 1024, 2048) if quick else (256, 512, 1024, 2048, 4096)
         return [dict(BLOCK=b, num_warps=w) for b in blocks for w in warps]
+    if kernel == "attention":
+        return [dict(BLOCK_M=b, num_warps=w) for b in ((16, 32) if quick else (16, 32, 64)) for w in (4, 8, 16)]
     return [dict(num_warps=w) for w in warps]
 
 
@@ -60,14 +63,16 @@ def kernel_configs(kernel: str, quick: bool = False) -> list[dict]:
 
 
 def config_name(cfg: dict) -> str:
-    if "BLOCK_M" in cfg:
+    if "BLOCK_N" in cfg:
         return f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}"
+    if "BLOCK_M" in cfg:
+        return f"M{cfg['BLOCK_M']} w{cfg['num_warps']}"
     return f"{'B%d ' % cfg['BLOCK'] if 'BLOCK' in cfg else ''}w{cfg['num_warps']}"
 
 
 def row_case(kernel: str, lead: tuple[int, ...], n: int, device: str):
-    """Inputs for a row kernel on [*lead, n] ([*lead, n, n] scores for softmax, lead = (batch, heads));
-    returns run(backend, config) -> output."""
+    """Inputs for a row kernel on [*lead, n] ([*lead, n, n] scores for softmax, lead = (batch, heads); for
+    attention, lead = (batch,) and n keys, 12 heads of 64); returns run(backend, config) -> output."""
     import torch
 
     import kernels
@@ -82,6 +87,13 @@ def row_case(kernel: str, lead: tuple[int, ...], n: int, device: str):
         mask = torch.where(ints(0, 8, (lead[0], n)) == 0, -(2**30), 0).int()
         params = kernels.softmax_params(torch.tensor(5e-4)).to(device)
         return lambda backend, config: kernels.softmax(x, params, mask, 8, backend=backend, config=config)
+    if kernel == "attention":
+        qkv = ints(-127, 128, (*lead, n, 3 * 768), torch.int8)
+        mask = torch.where(ints(0, 8, (lead[0], n)) == 0, -(2**30), 0).int()
+        params = kernels.softmax_params(torch.tensor(4e-3)).to(device)
+        m, e = (t.to(device) for t in kernels.dyadic(torch.tensor([5e-3], dtype=torch.float64)))
+        return lambda backend, config: kernels.attention(qkv, 12, params, m, e, mask, backend=backend,
+                                                         config=config)[0]
     if kernel == "layernorm":
         x = ints(-(2**21), 2**21, (*lead, n))
         gamma, beta = (torch.rand(n, generator=g) + 0.5).to(device), (torch.rand(n, generator=g) - 0.5).to(device)
@@ -109,7 +121,8 @@ def check_config(cfg: dict, kernel: str = "gemm", device: str = "cpu") -> bool:
     import kernels
 
     if kernel != "gemm":
-        run = row_case(kernel, (2, 3) if kernel == "softmax" else (5,), 37 if kernel == "softmax" else 300, device)
+        lead, n = {"softmax": ((2, 3), 37), "attention": ((2,), 37)}.get(kernel, ((5,), 300))
+        run = row_case(kernel, lead, n, device)
         return bool(torch.equal(run("triton", dict(cfg)), run("torch", None)))
     M, N, K = 70, 130, 100
 
@@ -146,6 +159,8 @@ def aot_reports(configs: list[dict], kernel: str = "gemm") -> list[dict]:
             cases = [("", aot.gemm_spec(**{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}))]
         elif kernel in ("softmax", "layernorm"):
             cases = [(f" n={n}", getattr(aot, f"{kernel}_spec")(n)) for n in ROW_SIZES[kernel]]
+        elif kernel == "attention":
+            cases = [(f" S={n}", aot.attention_spec(n, BLOCK_M=cfg["BLOCK_M"])) for n in ROW_SIZES[kernel]]
         else:
             cases = [("", getattr(aot, f"{kernel}_spec")(cfg["BLOCK"]))]
         for size, spec in cases:
@@ -218,7 +233,8 @@ def gpu_row_sweep(kernel: str, configs: list[dict], device: str = "cuda", bench=
 
     rows, best = [], {}
     for n in ROW_SIZES[kernel]:
-        leads = [(b, 12) for b in BATCHES] if kernel == "softmax" else [(b * s,) for b in BATCHES for s in SEQS]
+        leads = {"softmax": [(b, 12) for b in BATCHES], "attention": [(b,) for b in BATCHES]}.get(
+            kernel, [(b * s,) for b in BATCHES for s in SEQS])
         total = {config_name(c): 0.0 for c in configs}
         for lead in leads:
             run = row_case(kernel, lead, n, device)

@@ -34,8 +34,10 @@ def test_kernel_compiles(reports, name, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("name", [s.name for s in default_specs() if s.name.startswith("int8_gemm")])
-def test_default_gemm_configs_do_not_spill(reports, name, arch):
+@pytest.mark.parametrize("name", [s.name for s in default_specs() if s.name.startswith("int8_gemm")] + ["attention_s128"])
+def test_default_configs_do_not_spill(reports, name, arch):
+    """The shipped GEMM tiles, and the fused attention at BERT's usual 128 keys (longer rows spill some: see
+    benchmarks/autotune/attention_aot.md)."""
     assert reports[(name, arch)]["spill_bytes"] == 0
 
 

@@ -59,11 +59,30 @@ def test_cpp_extremes_equal_reference(scale):
     assert ctx.abs().max() == 127
 
 
-def test_triton_equals_reference():
-    qkv, params, m, e, mask = inputs(2, 9, 2, 16, seed=1)
-    ctx, probs = run("triton", qkv, 2, params, m, e, mask)
-    ref_ctx, ref_probs = run("torch", qkv, 2, params, m, e, mask)
-    assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+@pytest.mark.parametrize("B,S,heads,d", [(1, 1, 1, 4), (2, 9, 2, 16), (2, 33, 3, 12), (1, 70, 2, 32)])
+def test_triton_fused_equals_reference(B, S, heads, d):
+    qkv, params, m, e, mask = inputs(B, S, heads, d, seed=1)
+    head_mask = torch.ones(heads, dtype=torch.uint8)
+    head_mask[0] = 0
+    for args in ((None, None), (mask, head_mask)):
+        ctx, probs = run("triton", qkv, heads, params, m, e, *args)
+        ref_ctx, ref_probs = run("torch", qkv, heads, params, m, e, *args)
+        assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+    ctx, _ = attention(qkv, heads, params, m, e, mask, backend="triton", config={"BLOCK_M": 16, "num_warps": 2})
+    assert torch.equal(ctx, run("torch", qkv, heads, params, m, e, mask)[0])
+
+
+def test_triton_extremes_equal_reference():
+    qkv = torch.full((2, 19, 3 * 2 * 64), 127, dtype=torch.int8)
+    qkv[1, ::2] = -127
+    mask = torch.zeros(2, 19, dtype=torch.int32)
+    mask[0] = -(2**31)
+    m, e = dyadic(torch.tensor([0.9], dtype=torch.float64))
+    for scale in (1e-6, 0.08):
+        params = softmax_params(torch.tensor(scale))
+        ctx, probs = run("triton", qkv, 2, params, m, e, mask)
+        ref_ctx, ref_probs = run("torch", qkv, 2, params, m, e, mask)
+        assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
 def test_probs_only_when_asked():

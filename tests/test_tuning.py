@@ -25,14 +25,15 @@ def test_sweep_space_is_valid():
 @pytest.mark.parametrize("kernel", list(ROW_SIZES))
 def test_row_kernel_spaces_are_valid(kernel):
     configs = kernel_configs(kernel)
-    assert len(configs) == (25 if kernel in ("gelu", "requantize") else 5)
+    assert len(configs) == {"gelu": 25, "requantize": 25, "attention": 9}.get(kernel, 5)
     for cfg in configs:
         tuning.validate_row_config(kernel, cfg)
 
 
 @pytest.mark.parametrize("kernel,cfg", [("softmax", dict(num_warps=2)), ("layernorm", dict(num_warps=8)),
                                         ("gelu", dict(BLOCK=256, num_warps=2)),
-                                        ("requantize", dict(BLOCK=4096, num_warps=16))])
+                                        ("requantize", dict(BLOCK=4096, num_warps=16)),
+                                        ("attention", dict(BLOCK_M=64, num_warps=4))])
 def test_row_config_correctness_check_under_interpreter(kernel, cfg):
     assert check_config(cfg, kernel)
 
@@ -88,7 +89,7 @@ def test_tuned_file_round_trip(tuned_file):
                                   '{"gemm": {"1,2,3": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "GROUP_M": 8, '
                                   '"num_warps": 4, "num_stages": 2}}}', "[]",
                                   '{"softmax": {"128": {"num_warps": 3}}}', '{"gelu": {"3072": {"num_warps": 4}}}',
-                                  '{"attention": {}}'])
+                                  '{"flash": {}}', '{"attention": {"128": {"BLOCK_M": 8, "num_warps": 4}}}'])
 def test_malformed_tuned_file_warns_and_uses_defaults(tuned_file, text):
     tuned_file.write_text(text)
     with pytest.warns(UserWarning, match="malformed tuned-config file"):
