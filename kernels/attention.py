@@ -186,6 +186,9 @@ def attention(
         if head_mask.numel() != heads:
             raise ValueError(f"head_mask must have one entry per head ({heads}), got {head_mask.numel()}")
     check_same_device(qkv=qkv, params=params, m=m, e=e, mask=mask, head_mask=head_mask)
+    if qkv.numel() == 0:
+        probs = qkv.new_empty((B, heads, S, S), dtype=torch.uint8) if return_probs else None
+        return qkv.new_empty((B, S, H3 // 3)), probs
     if backend == "auto":
         backend = "triton" if qkv.is_cuda else ("cpp" if cpp_extension() is not None else "torch")
     if backend == "cpp":

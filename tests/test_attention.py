@@ -85,6 +85,15 @@ def test_triton_extremes_equal_reference():
         assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_empty_batch_or_sequence(backend):
+    _, params, m, e, _ = inputs(1, 1, 2, 8)
+    for B, S in ((0, 5), (2, 0)):
+        ctx, probs = attention(torch.zeros(B, S, 48, dtype=torch.int8), 2, params, m, e, return_probs=True,
+                               backend=backend)
+        assert ctx.shape == (B, S, 16) and probs.shape == (B, 2, S, S)
+
+
 def test_probs_only_when_asked():
     qkv, params, m, e, mask = inputs(1, 5, 1, 8)
     ctx, probs = attention(qkv, 1, params, m, e, mask)

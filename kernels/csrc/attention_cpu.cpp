@@ -172,4 +172,6 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
   return {ctx, probs};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) { mod.def("attention", &attention, "fused integer attention (CPU)"); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("attention", &attention, "fused integer attention (CPU)", py::call_guard<py::gil_scoped_release>());
+}
