@@ -143,10 +143,11 @@ def _attention_triton(qkv, heads, params, m, e, mask, head_mask, softmax_bits, b
 def _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs):
     B, S, H3 = qkv.shape
     empty = qkv.new_empty(0)
-    ctx, probs = ext.attention(qkv.reshape(B * S, H3).contiguous(), empty if mask is None else mask.contiguous(),
-                               params.contiguous(), B, heads, int(m.reshape(-1)[0]), int(e.reshape(-1)[0]),
-                               softmax_bits, qmax(bits), empty if head_mask is None else head_mask.contiguous(),
-                               return_probs)
+    with torch.profiler.record_function("kernels.attention (cpp)"):  # a pybind call: named for the profiler
+        ctx, probs = ext.attention(qkv.reshape(B * S, H3).contiguous(), empty if mask is None else mask.contiguous(),
+                                   params.contiguous(), B, heads, int(m.reshape(-1)[0]), int(e.reshape(-1)[0]),
+                                   softmax_bits, qmax(bits), empty if head_mask is None else head_mask.contiguous(),
+                                   return_probs)
     return ctx.view(B, S, H3 // 3), probs if return_probs else None
 
 

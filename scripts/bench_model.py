@@ -1,6 +1,6 @@
 """Model benchmark at roberta-base size (random weights), one process, each path measured the same way.
 
-    python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train]
+    python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train] [--profile]
 Prints: forward times of our fp32, transformers' IBert fp32 and quant_mode=True, our fake-quant, our integer
 engine, with ratios to our fp32; a training step fp32 vs fake-quant; the paper's latency grid
 (sequence 128/256 x batch 1/2/4/8), fp32 vs integer engine. Figures are appended to benchmarks/results.csv.
@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--profile", action="store_true", help="also print the integer engine's time per op")
     args = p.parse_args()
     dev = args.device
     kernels.set_compile(dev == "cpu")
@@ -83,6 +84,13 @@ def main() -> None:
     append_rows([{"device": dev_name, "benchmark": "model-forward", "case": case, "impl": r["path"], "ms": r["ms"],
                   "speedup": f"{base / times[r['path']]:.3f}"} for r in rows])
     print_table(f"forward, {case}, {args.layers} layers ({dev_name})", rows, ["path", "ms", "fp32 time / this"])
+
+    if args.profile:
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                engine(**inputs)
+        print(f"\n## integer engine, time per op over 3 forwards of {case} ({args.layers} layers)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
     if not args.no_train:
         step_ms = {}

@@ -60,13 +60,13 @@ void dot(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups, int64_t
 }
 
 // i-softmax of one row, exactly as kernels.softmax.softmax_reference (each loop vectorizes).
+// mask: the row's additive mask, already clipped to +-kClip (zeros for none).
 void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, int64_t n, const int32_t* prm,
                  int out_bits, int32_t* __restrict ex, uint8_t* __restrict out) {
   const int32_t x0 = prm[0], b = prm[1], c = prm[2], shift = prm[3], r = prm[4];
   int32_t top = INT32_MIN;
   for (int64_t j = 0; j < n; ++j) {
-    int32_t y = std::min(std::max(x[j], -kClip), kClip);
-    if (mask) y += std::min(std::max(mask[j], -kClip), kClip);
+    const int32_t y = std::min(std::max(x[j], -kClip), kClip) + mask[j];
     ex[j] = y;
     top = std::max(top, y);
   }
@@ -150,17 +150,19 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
   at::parallel_for(0, batch * heads, 1, [=](int64_t begin, int64_t end) {
     std::vector<uint8_t> q(Sp * dp), p(Sp * Sp);
     std::vector<int8_t> kp(Sp * dp), vp(Sp * dp);
-    std::vector<int32_t> scores(Sp * Sp), ksum(Sp), ex(Sp), acc(Sp * dp);
+    std::vector<int32_t> scores(Sp * Sp), ksum(Sp), ex(Sp), acc(Sp * dp), mrow(S, 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / heads, h = task % heads;
       pack_head(src + bi * S * 3 * H + h * d, 3 * H, H, S, d, Sp, dp, q.data(), kp.data(), vp.data(), ksum.data());
       dot(q.data(), dp, kp.data(), dp / 4, Sp, Sp, scores.data());
       std::fill(p.begin(), p.end(), 0);
+      if (mk)
+        for (int64_t j = 0; j < S; ++j) mrow[j] = std::min(std::max(mk[bi * S + j], -kClip), kClip);
       if (!hm || hm[h]) {
         for (int64_t i = 0; i < S; ++i) {
           int32_t* srow = scores.data() + i * Sp;
           for (int64_t j = 0; j < S; ++j) srow[j] -= ksum[j];
-          softmax_row(srow, mk ? mk + bi * S : nullptr, S, prm, bits, ex.data(), p.data() + i * Sp);
+          softmax_row(srow, mrow.data(), S, prm, bits, ex.data(), p.data() + i * Sp);
         }
       }
       if (pout)
