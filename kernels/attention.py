@@ -10,6 +10,7 @@ where it builds, else torch.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import warnings
@@ -26,6 +27,7 @@ from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
 from kernels.softmax import softmax, softmax_rows
 from kernels.tuning import launch_config
 
+log = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "torch", "cpp")
 MAX_FUSED_S = 512  # the fused Triton kernel keeps [BLOCK_M, next_pow2(S)] scores in registers
 _SOURCE = Path(__file__).parent / "csrc" / "attention_cpu.cpp"
@@ -48,6 +50,7 @@ def cpp_extension():
     try:
         from torch.utils.cpp_extension import load
 
+        log.info("building (or loading the cached build of) the fused CPU attention kernel; the first build takes ~30 s")
         return load(name="ibert_attention_cpu", sources=[str(_SOURCE)], verbose=False,
                     extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
                     extra_ldflags=["-fopenmp"])
