@@ -59,6 +59,12 @@ def cpp_extension():
         return None
 
 
+@torch.compiler.assume_constant_result
+def cpp_available() -> bool:
+    """Whether the C++ kernel runs here (a constant to torch.compile: it does not trace the build)."""
+    return cpp_extension() is not None
+
+
 def attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend):
     """The spec, in the ops it is made of (`backend` is theirs: "torch" or "triton")."""
     B, S, H3 = qkv.shape
@@ -143,15 +149,25 @@ def _attention_triton(qkv, heads, params, m, e, mask, head_mask, softmax_bits, b
     return ctx, probs if return_probs else None
 
 
-def _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs):
+@torch.library.custom_op("ibert::attention_cpp", mutates_args=())
+def _attention_cpp_op(qkv: torch.Tensor, mask: torch.Tensor, params: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
+                      head_mask: torch.Tensor, heads: int, softmax_bits: int, qmax_: int,
+                      return_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C++ kernel as a registered op: traceable (torch.compile, export) and seen by dispatch modes.
+    qkv: [B, S, 3 H] int8; mask: [B, S] int32 or empty; head_mask: [heads] uint8 or empty.
+    Returns ctx [B, S, H] int8 and probs [B, heads, S, S] uint8 (empty unless return_probs)."""
     B, S, H3 = qkv.shape
-    empty = qkv.new_empty(0)
-    with torch.profiler.record_function("kernels.attention (cpp)"):  # a pybind call: named for the profiler
-        ctx, probs = ext.attention(qkv.reshape(B * S, H3).contiguous(), empty if mask is None else mask.contiguous(),
-                                   params.contiguous(), B, heads, int(m.reshape(-1)[0]), int(e.reshape(-1)[0]),
-                                   softmax_bits, qmax(bits), empty if head_mask is None else head_mask.contiguous(),
-                                   return_probs)
-    return ctx.view(B, S, H3 // 3), probs if return_probs else None
+    ctx, probs = cpp_extension().attention(qkv.reshape(B * S, H3).contiguous(), mask.contiguous(), params.contiguous(),
+                                           m.contiguous(), e.contiguous(), head_mask.contiguous(), B, heads,
+                                           softmax_bits, qmax_, return_probs)
+    return ctx.view(B, S, H3 // 3), probs
+
+
+@_attention_cpp_op.register_fake
+def _(qkv, mask, params, m, e, head_mask, heads, softmax_bits, qmax_, return_probs):
+    B, S, H3 = qkv.shape
+    probs_shape = (B, heads, S, S) if return_probs else (0,)
+    return qkv.new_empty((B, S, H3 // 3)), qkv.new_empty(probs_shape, dtype=torch.uint8)
 
 
 def attention(
@@ -194,12 +210,15 @@ def attention(
         probs = qkv.new_empty((B, heads, S, S), dtype=torch.uint8) if return_probs else None
         return qkv.new_empty((B, S, H3 // 3)), probs
     if backend == "auto":
-        backend = "triton" if qkv.is_cuda else ("cpp" if cpp_extension() is not None else "torch")
+        backend = "triton" if qkv.is_cuda else ("cpp" if cpp_available() else "torch")
     if backend == "cpp":
-        ext = cpp_extension()
-        if ext is None or qkv.is_cuda:
+        if qkv.is_cuda or not cpp_available():
             raise ValueError("backend='cpp' needs CPU tensors and an x86 CPU with AVX-512 VNNI and a C++ compiler")
-        return _attention_cpp(ext, qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs)
+        empty_mask = qkv.new_empty(0, dtype=torch.int32)
+        ctx, probs = _attention_cpp_op(qkv, empty_mask if mask is None else mask, params, m.reshape(1), e.reshape(1),
+                                       qkv.new_empty(0, dtype=torch.uint8) if head_mask is None else head_mask,
+                                       heads, softmax_bits, qmax(bits), return_probs)
+        return ctx, probs if return_probs else None
     if backend == "triton" and S <= MAX_FUSED_S:
         if not qkv.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing kernels")

@@ -100,6 +100,14 @@ def test_probs_only_when_asked():
     assert probs is None and ctx.shape == (1, 5, 8)
 
 
+@needs_cpp
+def test_cpp_op_compiles_in_one_graph():
+    """A registered op: torch.compile traces it whole (fullgraph) and gets the same integers."""
+    qkv, params, m, e, mask = inputs(2, 9, 2, 16)
+    fn = torch.compile(lambda x: attention(x, 2, params, m, e, mask, backend="auto")[0], fullgraph=True)
+    assert torch.equal(fn(qkv), run("torch", qkv, 2, params, m, e, mask)[0])
+
+
 def test_cpp_source_has_no_float_arithmetic():
     """The fused kernel is integer-only: no float type anywhere in its source."""
     code = re.sub(r"//.*", "", _SOURCE.read_text())

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ibert
 from ibert import IBertConfig
 from ibert.engine import convert_to_integer, load_integer, save_integer
+from kernels.attention import cpp_available
 
 HEADS = ["IBertModel", "IBertForMaskedLM", "IBertForSequenceClassification", "IBertForMultipleChoice",
          "IBertForTokenClassification", "IBertForQuestionAnswering"]
@@ -178,10 +179,11 @@ def test_integer_engine_hidden_states_are_integers():
 class DtypeRecorder(TorchDispatchMode):
     def __init__(self):
         super().__init__()
-        self.float_ops = []
+        self.float_ops, self.ops = [], set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
         tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
         if any(t.is_floating_point() for t in tensors):
             self.float_ops.append(str(func))
@@ -195,6 +197,8 @@ def test_no_float_op_between_embedding_lookup_and_head():
     with DtypeRecorder() as rec:
         engine.ibert.encode(ids, mask, types, pos)
     assert rec.float_ops == []
+    if cpp_available():  # the fused CPU attention is a registered op: its tensors are checked too
+        assert "ibert.attention_cpp.default" in rec.ops
     with DtypeRecorder() as rec:  # the recorder does see float ops: the head runs in float
         engine(input_ids=ids, attention_mask=mask)
     assert rec.float_ops

@@ -129,15 +129,17 @@ void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_
 }  // namespace
 
 // qkv: [B*S, 3*heads*d] int8 (per token: q, k, v, each [heads, d]); mask: [B, S] int32 or empty; params: [5]
-// int64 (softmax_params); head_mask: [heads] uint8 or empty. Returns ctx [B*S, heads*d] int8 and, when asked,
-// the probabilities [B, heads, S, S] uint8.
-std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torch::Tensor params, int64_t batch,
-                                     int64_t heads, int64_t m, int64_t e, int64_t softmax_bits, int64_t qmax,
-                                     torch::Tensor head_mask, bool want_probs) {
+// int64 (softmax_params); m_t, e_t: [1] int32 dyadic multiplier of the context; head_mask: [heads] uint8 or
+// empty. Returns ctx [B*S, heads*d] int8 and the probabilities [B, heads, S, S] uint8 (empty unless asked).
+std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torch::Tensor params, torch::Tensor m_t,
+                                     torch::Tensor e_t, torch::Tensor head_mask, int64_t batch, int64_t heads,
+                                     int64_t softmax_bits, int64_t qmax, bool want_probs) {
   const int64_t tokens = qkv.size(0), H = qkv.size(1) / 3, d = H / heads, S = tokens / batch;
   const int64_t Sp = round_up(S, 16), dp = round_up(d, 16);
   auto ctx = torch::empty({tokens, H}, qkv.options());
-  auto probs = want_probs ? torch::empty({batch, heads, S, S}, qkv.options().dtype(torch::kUInt8)) : torch::Tensor();
+  auto probs = torch::empty(want_probs ? std::vector<int64_t>{batch, heads, S, S} : std::vector<int64_t>{0},
+                            qkv.options().dtype(torch::kUInt8));
+  const int64_t m = m_t.data_ptr<int32_t>()[0], e = e_t.data_ptr<int32_t>()[0];
   const int8_t* src = qkv.data_ptr<int8_t>();
   const int32_t* mk = mask.numel() ? mask.data_ptr<int32_t>() : nullptr;
   const uint8_t* hm = head_mask.numel() ? head_mask.data_ptr<uint8_t>() : nullptr;
