@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels import attention, dyadic, softmax_params
-from kernels.attention import _SOURCE, cpp_extension
+from kernels.attention import _SOURCE, MAX_FUSED_S, cpp_extension
 
 needs_cpp = pytest.mark.skipif(cpp_extension() is None, reason="the fused CPU kernel needs x86 AVX-512 VNNI and g++")
 
@@ -70,6 +70,15 @@ def test_triton_fused_equals_reference(B, S, heads, d):
         assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
     ctx, _ = attention(qkv, heads, params, m, e, mask, backend="triton", config={"BLOCK_M": 16, "num_warps": 2})
     assert torch.equal(ctx, run("torch", qkv, heads, params, m, e, mask)[0])
+
+
+@pytest.mark.slow
+def test_triton_rows_longer_than_the_fused_kernel_holds():
+    """S > MAX_FUSED_S runs the three separate Triton kernels: same integers (7 s in the interpreter)."""
+    qkv, params, m, e, mask = inputs(1, MAX_FUSED_S + 8, 2, 8)
+    ctx, probs = run("triton", qkv, 2, params, m, e, mask)
+    ref_ctx, ref_probs = run("torch", qkv, 2, params, m, e, mask)
+    assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
 def test_triton_extremes_equal_reference():
