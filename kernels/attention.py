@@ -50,7 +50,7 @@ def cpp_extension():
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("building (or loading the cached build of) the fused CPU attention kernel; the first build takes ~30 s")
+        log.info("building (or loading the cached build of) the fused CPU attention kernel: ~30 s the first time")
         return load(name="ibert_attention_cpu", sources=[str(_SOURCE)], verbose=False,
                     extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
                     extra_ldflags=["-fopenmp"])

@@ -1,14 +1,16 @@
 """Sweep the Triton kernels' configurations over BERT-base/large GLUE inference shapes.
 
 Kernels: the int8 GEMM (tiles, warps, stages), softmax and layernorm (warps per row), gelu and requantize
-(block size, warps), the fused attention (queries per program, warps). On a GPU: every configuration is checked against the torch reference (exactly) and
-timed; the best per shape goes to kernels/tuned/<arch>.json, which `kernels.tuning` then loads.
+(block size, warps), the fused attention (queries per program, warps). On a GPU: every configuration is
+checked against the torch reference (exactly) and timed; the best per shape goes to kernels/tuned/<arch>.json,
+which `kernels.tuning` then loads.
 Without a GPU: every configuration is checked through the interpreter on a small odd shape, and compiled
 ahead of time for sm_80 and sm_90, with registers, spills and shared memory from ptxas; configurations that
 spill, exceed shared memory or fail to compile are flagged.
 Output per kernel: a markdown table, a CSV and heatmap PNGs (registers, spills) under --out.
 
-    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize attention] [--quick] [--out DIR]
+    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize attention] [--quick]
+                               [--out DIR]
 """
 from __future__ import annotations
 
