@@ -134,9 +134,17 @@ def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config, gelu=No
     return c
 
 
+def _int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`torch._int_mm(a, b)` for a [M, K], b [K, N] int8, exact int32. With K = 1, `b` can arrive as a view with
+    strides (1, 1), which `torch._int_mm` silently leaves unwritten (torch 2.13): the outer product instead."""
+    if a.shape[1] == 1:
+        return torch.mul(a.int(), b.int(), out=out)
+    return torch._int_mm(a, b, out=out)
+
+
 def _matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact int32 products: a [M, K] int8, b [N, K] int8 -> [M, N]; `_int_mm` wants b as a [K, N] view."""
-    return torch._int_mm(a, b.t())
+    return _int_mm(a, b.t())
 
 
 def _bmm_reference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -153,7 +161,7 @@ def _bmm_reference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
         correction = 128 * b.sum(-1, dtype=torch.int32)[:, None, :]
     out = torch.empty(a.shape[0], a.shape[1], b.shape[1], dtype=torch.int32, device=a.device)
     for i in range(a.shape[0]):
-        torch._int_mm(a[i], b[i].t(), out=out[i])
+        _int_mm(a[i], b[i].t(), out=out[i])
     return out, correction
 
 
