@@ -2,7 +2,8 @@
 
 exp(x) for x <= 0: x = -z ln2 + p, p in (-ln2, 0], exp(p) ~= 0.3585 (p + 1.353)^2 + 0.344, then a right shift
 by z (the paper's form; no 60-bit intermediates). Everything is int32: scores and mask saturate at +-2**30,
-differences below -2**30 are clipped (exp is 0 there at any output width), a fine scale is first coarsened
+differences below -2**30 are clipped (exp is 0 there at any output width; the bound is max(top, -2**30) - 2**30,
+so a row masked below -2**30 everywhere cannot underflow), a fine scale is first coarsened
 by a right shift to at least 2**-14 (the polynomial then stays below 2**30), and the exps are shifted to
 about 15 bits before the row sum, so that the sum, the one division per row and the normalisation all stay
 below 2**31. P = min(round(e * floor((2**31 - 1) / sum) / 2**(31-k)), 2**k - 1): rounded to nearest (as
@@ -79,7 +80,7 @@ def softmax_reference(x: torch.Tensor, params: torch.Tensor, mask: torch.Tensor 
     if mask is not None:
         y = y + mask.clamp(-CLIP, CLIP).reshape(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
     top = y.amax(dim=-1, keepdim=True)
-    ex = int_exp_reference(torch.maximum(y, top - CLIP) - top, params)
+    ex = int_exp_reference(torch.maximum(y, top.clamp(min=-CLIP) - CLIP) - top, params)
     factor = (2**31 - 1) // ex.sum(dim=-1, keepdim=True, dtype=torch.int32)
     p = (((ex * factor) >> (30 - out_bits)) + 1) >> 1
     return p.clamp(max=(1 << out_bits) - 1).to(torch.uint8 if out_bits <= 8 else torch.int32)
@@ -99,7 +100,7 @@ def softmax_rows(x, valid, p_ptr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, 
     c = tl.load(p_ptr + 2).to(tl.int32)
     shift = tl.load(p_ptr + 3).to(tl.int32)
     r = tl.load(p_ptr + 4).to(tl.int32)
-    d = (tl.maximum(x, top - CLIP_) - top) >> r
+    d = (tl.maximum(x, tl.maximum(top, -CLIP_) - CLIP_) - top) >> r
     d = tl.maximum(d, MAX_Z_ * x0)
     z = d // x0  # both <= 0 and x0 < 0: truncation is the floor here
     p = d - z * x0

@@ -81,6 +81,21 @@ def test_triton_rows_longer_than_the_fused_kernel_holds():
     assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=needs_cpp)])
+def test_fully_masked_rows_of_negative_scores(backend):
+    """All keys masked and negative scores: the row maximum sits below -2**30 (an int32 underflow before)."""
+    qkv = torch.full((2, 5, 3 * 2 * 48), 20, dtype=torch.int8)
+    qkv[..., :96] = -20  # q = -20, k = 20: every score -19200
+    qkv[1, 2] = 127
+    params = softmax_params(torch.tensor(9e-4))
+    m, e = dyadic(torch.tensor([0.01], dtype=torch.float64))
+    mask = torch.full((2, 5), -(2**30), dtype=torch.int32)
+    ctx, probs = run(backend, qkv, 2, params, m, e, mask)
+    ref_ctx, ref_probs = run("torch", qkv, 2, params, m, e, mask)
+    assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
+    assert (probs.long().sum(-1) >= 256 - 5).all()
+
+
 def test_triton_extremes_equal_reference():
     qkv = torch.full((2, 19, 3 * 2 * 64), 127, dtype=torch.int8)
     qkv[1, ::2] = -127

@@ -139,6 +139,20 @@ def test_int8_bmm_exact(B, M, K, N):
     assert torch.equal(x, y)
 
 
+def test_products_with_one_inner_element():
+    """K = 1: `torch._int_mm` leaves its output unwritten for a [1, N] operand with strides (1, 1), the view
+    that a transposed [N, 1] weight or a transposed head of size 1 is; the references must not use it there."""
+    a = randint(-128, 127, (9, 1), torch.int8)
+    w = randint(-128, 127, (33, 1), torch.int8, seed=1)
+    x, y = both(int8_matmul, a, w)
+    assert torch.equal(x, y) and torch.equal(y, a.long() @ w.long().T)
+    q = randint(-128, 127, (2, 17, 1), torch.int8, seed=2)
+    k = randint(-128, 127, (2, 17, 1), torch.int8, seed=3)
+    k_t = k.transpose(1, 2).contiguous().transpose(1, 2)  # the layout attention passes: strides (17, 1, 1)
+    x, y = both(int8_bmm, q, k_t)
+    assert torch.equal(x, y) and torch.equal(y, q.long() @ k.long().transpose(1, 2))
+
+
 # ---------------------------------------------------------------- i-GELU
 FINE_GELU_SCALE = 4.0 / 32767
 
@@ -240,6 +254,20 @@ def test_softmax_extremes_no_overflow():
     long_row = randint(-(2**31), 2**31 - 1, (1, 1, 4096), torch.int32)
     a, b = both(softmax, long_row, softmax_params(torch.tensor(1e-6)))
     assert torch.equal(a, b)
+
+
+def test_softmax_fully_masked_negative_rows_do_not_overflow():
+    """Every key masked and every score negative: the row maximum is below -2**30, where `top - 2**30` would
+    leave int32 (it did: a zero row sum, a division by zero)."""
+    x = randint(-3000, -1, (2, 3, 9), torch.int32)
+    x[1, 0] = I32[0]
+    mask = torch.full((2, 9), -(2**30), dtype=torch.int32)
+    mask[1, :4] = I32[0]
+    params = softmax_params(torch.tensor(9e-4))
+    a, b = both(softmax, x, params, mask)
+    assert torch.equal(a, b)
+    assert torch.equal(softmax_reference(x.long(), params, mask.long(), 8), b)  # the same in int64
+    assert (b.long().sum(-1) >= 256 - 9).all()
 
 
 def test_softmax_masked_keys_get_zero_and_rows_sum_to_one():

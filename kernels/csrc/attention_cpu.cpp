@@ -70,7 +70,7 @@ void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, in
     ex[j] = y;
     top = std::max(top, y);
   }
-  const int32_t low = top - kClip, zmin = kMaxZ * x0;
+  const int32_t low = std::max(top, -kClip) - kClip, zmin = kMaxZ * x0;  // no int32 underflow
   int32_t sum = 0;
   for (int64_t j = 0; j < n; ++j) {
     const int32_t d = std::max((std::max(ex[j], low) - top) >> r, zmin);
