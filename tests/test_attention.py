@@ -3,6 +3,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels import attention, dyadic, softmax_params
 from kernels.attention import _SOURCE, MAX_FUSED_S, cpp_extension
@@ -38,6 +40,27 @@ def test_cpp_equals_reference(B, S, heads, d):
         assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
         if args[1] is None:  # a comparison of zeros would prove nothing
             assert ctx.abs().max() > 10 and probs.max() > 0
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 3), S=st.sampled_from([1, 2, 5, 15, 16, 17, 33, 64, 65, 129]), heads=st.integers(1, 4),
+       d=st.sampled_from([1, 3, 4, 7, 8, 20, 32, 33, 64, 65, 128]), value=st.sampled_from([1, 20, 127]),
+       log_scale=st.floats(-7, -1.2), log_ratio=st.floats(-6, 0), masked=st.floats(0, 1),
+       head_mask=st.booleans(), softmax_bits=st.sampled_from([4, 7, 8]), bits=st.sampled_from([6, 8]),
+       seed=st.integers(0, 2**16))
+def test_cpp_equals_reference_on_random_cases(B, S, heads, d, value, log_scale, log_ratio, masked, head_mask,
+                                              softmax_bits, bits, seed):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randint(-value, value + 1, (B, S, 3 * heads * d), generator=g, dtype=torch.int64).to(torch.int8)
+    params = softmax_params(torch.tensor(10.0**log_scale))
+    m, e = dyadic(torch.tensor([10.0**log_ratio], dtype=torch.float64))
+    mask = torch.where(torch.rand(B, S, generator=g) < masked, -(2**30), 0).int()
+    hm = (torch.rand(heads, generator=g) < 0.5).to(torch.uint8) if head_mask else None
+    args = (qkv, heads, params, m, e, mask, hm, softmax_bits, bits)
+    ctx, probs = attention(*args, return_probs=True, backend="cpp")
+    ref_ctx, ref_probs = attention(*args, return_probs=True, backend="torch")
+    assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
 @needs_cpp
