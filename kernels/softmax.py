@@ -139,9 +139,10 @@ def softmax(
 ) -> torch.Tensor:
     """Integer-only softmax over the last dimension.
 
-    x: [B, ..., S] int32 scores of scale s; params: int64 [4] from `softmax_params(s)`.
+    x: [B, ..., S] int32 scores of scale s; params: int64 [5] from `softmax_params(s)`.
     mask: optional [B, S] int32 added to the scores of every row of batch b (0 to keep, a large negative
-        integer such as -2**30 to mask a key). A row whose keys are all masked comes out uniform.
+        integer such as -2**30 to mask a key). A row whose keys are all masked by the same amount gets the
+        softmax of its scores (the mask cancels), not NaN.
     Returns [B, ..., S] of scale 2**-out_bits: uint8 for out_bits <= 8 (0..255 for 8), else int32.
     All arithmetic is int32 and overflow-free for any int32 input and S < 2**16.
     config: Triton launch configuration ({num_warps}); default from `tuning.row_config`.
