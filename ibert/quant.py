@@ -68,8 +68,8 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
 
 
 class FrozenWeightCache:
-    """Mixin for modules with a `weight`: values derived from it are computed once while no gradient can reach it
-    and it is unchanged (same storage and version counter, which in-place updates, optimizer steps and
+    """Mixin for modules with a `weight`: values derived from it (and detached from autograd) are computed once
+    per weight version (same storage and version counter, which in-place updates, optimizer steps and
     `load_state_dict` bump), so evaluation quantizes each weight once, not every forward. `.train()` and
     `.eval()` empty the cache too: changes made through `.data` bump no version."""
 
@@ -79,8 +79,6 @@ class FrozenWeightCache:
 
     def frozen(self, name: str, compute: Callable[[], T]) -> T:
         w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return compute()
         key = (w.data_ptr(), w._version, w.shape, w.dtype)
         cache = self.__dict__.setdefault("_frozen_cache", {})
         if name not in cache or cache[name][0] != key:

@@ -110,11 +110,10 @@ def _attention_kernel(
     kt = tl.load(qkv_ptr + row_s[None, :] + H + h * D + offs_d[:, None], mask=valid_d[:, None] & valid_s[None, :],
                  other=0)
     x = tl.dot(q, kt)  # [BLOCK_M, BLOCK_S] int32, exact
-    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
+    mk = tl.zeros_like(offs_s)
     if HAS_MASK:
         mk = tl.load(mask_ptr + b * S + offs_s, mask=valid_s, other=0)
-        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)[None, :]
-    p = softmax_rows(x, valid_s[None, :], p_ptr, OUT_BITS, MAX_Z_, CLIP_)
+    p = softmax_rows(x, mk[None, :], valid_s[None, :], p_ptr, OUT_BITS, MAX_Z_, CLIP_)
     if HAS_HEAD_MASK:
         p *= tl.load(hm_ptr + h).to(tl.int32)
     if RETURN_PROBS:

@@ -90,9 +90,11 @@ _softmax_torch = maybe_compiled(softmax_reference)
 
 
 @triton.jit
-def softmax_rows(x, valid, p_ptr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr):
-    """i-softmax along axis 1 of int32 scores x [R, BLOCK] (mask added, clipped to +-CLIP_); `valid` marks the
-    real keys. Returns int32 probabilities 0..2**OUT_BITS - 1, 0 on invalid keys."""
+def softmax_rows(x, mk, valid, p_ptr, OUT_BITS: tl.constexpr, MAX_Z_: tl.constexpr, CLIP_: tl.constexpr):
+    """i-softmax along axis 1 of int32 scores x [R, BLOCK] plus the additive mask mk (broadcastable, or 0), each
+    clipped to +-CLIP_; `valid` marks the real keys. Returns int32 probabilities 0..2**OUT_BITS - 1, 0 on
+    invalid keys."""
+    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_) + tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)
     x = tl.where(valid, x, -(2**31))
     top = tl.max(x, axis=1)[:, None]
     x0 = tl.load(p_ptr).to(tl.int32)
@@ -125,11 +127,10 @@ def _softmax_kernel(
     offs = tl.arange(0, BLOCK_S)[None, :]
     valid = offs < S
     x = tl.load(x_ptr + row * S + offs, mask=valid, other=0)
-    x = tl.minimum(tl.maximum(x, -CLIP_), CLIP_)
+    mk = tl.zeros_like(x)
     if HAS_MASK:
         mk = tl.load(mask_ptr + (row // rows_per_batch) * S + offs, mask=valid, other=0)
-        x += tl.minimum(tl.maximum(mk, -CLIP_), CLIP_)
-    y = softmax_rows(x, valid, p_ptr, OUT_BITS, MAX_Z_, CLIP_)
+    y = softmax_rows(x, mk, valid, p_ptr, OUT_BITS, MAX_Z_, CLIP_)
     tl.store(y_ptr + row * S + offs, y.to(y_ptr.dtype.element_ty), mask=valid)
 
 
