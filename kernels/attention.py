@@ -9,17 +9,11 @@ where it builds, else torch.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import platform
-import warnings
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
+from kernels._cpu import cpp_extension, resolve_cpu_backend
 from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax, rshift_round
 from kernels.gemm import int8_bmm
 from kernels.softmax import CLIP, MAX_Z
@@ -27,42 +21,7 @@ from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
 from kernels.softmax import softmax, softmax_rows
 from kernels.tuning import launch_config
 
-log = logging.getLogger(__name__)
-BACKENDS = ("auto", "triton", "torch", "cpp")
 MAX_FUSED_S = 512  # the fused Triton kernel keeps [BLOCK_M, next_pow2(S)] scores in registers
-_SOURCE = Path(__file__).parent / "csrc" / "attention_cpu.cpp"
-_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
-@functools.lru_cache(maxsize=None)
-def cpp_extension():
-    """The compiled fused CPU kernel (built once, cached by torch), or None where this CPU or toolchain can't."""
-    if platform.machine() != "x86_64" or not _CPU_FLAGS <= _cpu_flags():
-        return None
-    try:
-        from torch.utils.cpp_extension import load
-
-        log.info("building (or loading the cached build of) the fused CPU attention kernel: ~30 s the first time")
-        return load(name="ibert_attention_cpu", sources=[str(_SOURCE)], verbose=False,
-                    extra_cflags=["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
-                    extra_ldflags=["-fopenmp"])
-    except Exception as exc:  # no compiler, no headers: the reference still runs
-        warnings.warn(f"the fused CPU attention kernel could not be built, using the torch reference: {exc}")
-        return None
-
-
-@torch.compiler.assume_constant_result
-def cpp_available() -> bool:
-    """Whether the C++ kernel runs here (a constant to torch.compile: it does not trace the build)."""
-    return cpp_extension() is not None
 
 
 def attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend):
@@ -184,9 +143,8 @@ def attention(
     [B, heads, S, S] uint8 of scale 2**-softmax_bits (else None).
     config: the fused Triton kernel's launch configuration ({BLOCK_M, num_warps}); default from `tuning`.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_tensor("qkv", qkv, (torch.int8,), 3)
+    backend = resolve_cpu_backend(backend, qkv)
     B, S, H3 = qkv.shape
     if not isinstance(heads, int) or heads < 1 or H3 % (3 * heads):
         raise ValueError(f"qkv's last dimension ({H3}) must be 3 * heads * head_size, got heads={heads!r}")
@@ -208,19 +166,13 @@ def attention(
     if qkv.numel() == 0:
         probs = qkv.new_empty((B, heads, S, S), dtype=torch.uint8) if return_probs else None
         return qkv.new_empty((B, S, H3 // 3)), probs
-    if backend == "auto":
-        backend = "triton" if qkv.is_cuda else ("cpp" if cpp_available() else "torch")
     if backend == "cpp":
-        if qkv.is_cuda or not cpp_available():
-            raise ValueError("backend='cpp' needs CPU tensors and an x86 CPU with AVX-512 VNNI and a C++ compiler")
         empty_mask = qkv.new_empty(0, dtype=torch.int32)
         ctx, probs = _attention_cpp_op(qkv, empty_mask if mask is None else mask, params, m.reshape(1), e.reshape(1),
                                        qkv.new_empty(0, dtype=torch.uint8) if head_mask is None else head_mask,
                                        heads, softmax_bits, qmax(bits), return_probs)
         return ctx, probs if return_probs else None
     if backend == "triton" and S <= MAX_FUSED_S:
-        if not qkv.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing kernels")
         return _attention_triton(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, return_probs, config)
     ctx, probs = attention_reference(qkv, heads, params, m, e, mask, head_mask, softmax_bits, bits, backend)
     return ctx, probs if return_probs else None

@@ -2,13 +2,19 @@
 
 `int8_matmul` serves the linear layers (activations [M, K] times weights [N, K]); `int8_bmm` serves attention
 (`Q K^T`, and `P V` with the 0..255 softmax output `P` as uint8, computed as `(P - 128) V + 128 colsum(V)`).
+The linear layers' requantizing products also run as C++ kernels on x86 CPUs with AVX-512 VNNI (backend "cpp",
+what "auto" picks there): the epilogue works on the accumulators in registers, as the Triton kernel's does.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels._cpu import cpp_extension, resolve_cpu_backend
 from kernels._utils import (
     check_bits,
     check_multiplier,
@@ -192,6 +198,52 @@ def _gelu_epilogue_reference(acc, bias, m, e, mid_bits, params, m_out, e_out, bi
 _gelu_epilogue_torch = maybe_compiled(_gelu_epilogue_reference)
 
 
+_PACKED: dict[int, tuple[int, torch.Tensor]] = {}  # id(weight) -> (weight._version, packed weight)
+
+
+def _packed_weight(b: torch.Tensor) -> torch.Tensor:
+    """`b` [N, K] int8 in the C++ kernel's layout (panels of 64 channels, `b + 128` as uint8), made on a weight's
+    first use and kept while it lives; made again if it is modified in place."""
+    hit = _PACKED.get(id(b))
+    if hit is not None and hit[0] == b._version:
+        return hit[1]
+    if hit is None:
+        weakref.finalize(b, _PACKED.pop, id(b), None)
+    packed = cpp_extension().pack_weight(b.contiguous())
+    _PACKED[id(b)] = (b._version, packed)
+    return packed
+
+
+@torch.library.custom_op("ibert::linear_cpp", mutates_args=())
+def _linear_cpp_op(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
+                   qmax_: int, residual: torch.Tensor, m_res: torch.Tensor, e_res: torch.Tensor, gelu: torch.Tensor,
+                   m2: torch.Tensor, e2: torch.Tensor, bits: int) -> torch.Tensor:
+    """The C++ kernel as a registered op (traceable, seen by dispatch modes). a: [M, K] int8 with K a multiple of
+    4; b: [N, K'] int8, K' <= K (the rest counts as zero); empty bias / residual / gelu mean none.
+    Returns [M, N], `bits`-bit."""
+    return cpp_extension().linear(a, _packed_weight(b), b.shape[0], bias, m, e, qmax_, residual, m_res, e_res, gelu,
+                                  m2, e2, bits)
+
+
+@_linear_cpp_op.register_fake
+def _(a, b, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype(bits))
+
+
+def _linear_cpp(a, b, bias, m, e, bits, residual=None, m_res=None, e_res=None, gelu=None):
+    """a [M, K] int8, b [N, K] int8 -> requantized [M, N]. gelu: (params, m2, e2, bits2): m, e then take the
+    accumulator to `bits` (the i-GELU input) and (m2, e2) the i-GELU output to bits2."""
+    if a.shape[1] % 4:  # the kernel reads activations four at a time; the packed weight is zero there
+        a = F.pad(a, (0, 4 - a.shape[1] % 4))
+    none32 = a.new_empty(0, dtype=torch.int32)
+    g, m2, e2, out_bits = gelu if gelu is not None else (a.new_empty(0, dtype=torch.int64), none32, none32, bits)
+    return _linear_cpp_op(
+        a.contiguous(), b, none32 if bias is None else bias, m.reshape(-1), e.reshape(-1), qmax(bits),
+        none32 if residual is None else residual.contiguous(), none32 if residual is None else m_res.reshape(-1),
+        none32 if residual is None else e_res.reshape(-1), g.reshape(-1).contiguous(), m2.reshape(-1),
+        e2.reshape(-1), out_bits)
+
+
 def _check_epilogue(n, bias, m, e, bits, residual, m_res, e_res, out_shape):
     if bias is not None:
         check_tensor("bias", bias, (torch.int32,), 1)
@@ -226,6 +278,7 @@ def int8_matmul(
         clamp(round((a @ b.T + bias) * m / 2**e) [+ round(residual * m_res / 2**e_res)]) on `bits` bits,
     int8 for bits <= 8 else int32; without them the output is the int32 accumulator (+ bias).
     residual: [M, N] int8/int32, added with its own per-tensor multiplier (m_res, e_res).
+    backend: "auto", "triton", "torch" or "cpp" (the C++ kernel; without m, e the int32 products run the reference).
     config: Triton tile configuration (BLOCK_M/N/K, GROUP_M, num_warps, num_stages); default from `tuning`.
     """
     check_tensor("a", a, (torch.int8,), 2)
@@ -235,7 +288,10 @@ def int8_matmul(
     M, N = a.shape[0], b.shape[0]
     _check_epilogue(N, bias, m, e, bits, residual, m_res, e_res, (M, N))
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
-    if resolve_backend(backend, a) == "torch":
+    backend = resolve_cpu_backend(backend, a)
+    if backend == "cpp" and m is not None and a.numel() and b.numel():
+        return _linear_cpp(a, b, bias, m, e, bits, residual, m_res, e_res)
+    if backend != "triton":
         return _epilogue_torch(_matmul_reference(a, b), bias, m, e, bits, residual, m_res, e_res)
     if residual is not None and not residual.is_contiguous():
         raise ValueError("the Triton epilogue needs a contiguous residual")
@@ -288,7 +344,10 @@ def int8_matmul_gelu(
     check_bits(bits)
     check_multiplier(m_out, e_out, 1)
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, gelu_params=gelu_params, m_out=m_out, e_out=e_out)
-    if resolve_backend(backend, a) == "torch":
+    backend = resolve_cpu_backend(backend, a)
+    if backend == "cpp" and a.numel() and b.numel():
+        return _linear_cpp(a, b, bias, m, e, mid_bits, gelu=(gelu_params, m_out, e_out, bits))
+    if backend != "triton":
         return _gelu_epilogue_torch(_matmul_reference(a, b), bias, m, e, mid_bits, gelu_params, m_out, e_out, bits)
     gelu = (gelu_params.contiguous(), m_out, e_out, bits)
     return _gemm_triton(a[None], b[None], bias, m, e, mid_bits, None, None, None, config, gelu)[0]

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._cpu import cpp_extension, resolve_cpu_backend
 from kernels._utils import (
     bit_length,
     bit_length_reference,
@@ -22,7 +23,6 @@ from kernels._utils import (
     maybe_compiled,
     out_dtype,
     qmax,
-    resolve_backend,
     rshift_round,
     rshift_round_reference,
 )
@@ -128,6 +128,18 @@ def _layernorm_kernel(
     tl.store(y_ptr + row * N + offs, out.to(y_ptr.dtype.element_ty), mask=valid)
 
 
+@torch.library.custom_op("ibert::layernorm_cpp", mutates_args=())
+def _layernorm_cpp_op(x: torch.Tensor, eps_int: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
+                      beta_int: torch.Tensor, bits: int) -> torch.Tensor:
+    """The C++ kernel as a registered op. x: [R, N] int32 contiguous; the rest as `layernorm`'s."""
+    return cpp_extension().layernorm(x, eps_int.reshape(-1), m, e, beta_int, bits)
+
+
+@_layernorm_cpp_op.register_fake
+def _(x, eps_int, m, e, beta_int, bits):
+    return x.new_empty(x.shape, dtype=out_dtype(bits))
+
+
 def layernorm(
     x: torch.Tensor, eps_int: torch.Tensor, m: torch.Tensor, e: torch.Tensor, beta_int: torch.Tensor,
     bits: int = 8, backend: str = "auto", config: dict | None = None,
@@ -137,6 +149,7 @@ def layernorm(
     x: [..., N] int32 (e.g. the 22-bit residual sum), per-tensor scale s_in.
     eps_int, m, e, beta_int: from `layernorm_params(s_in, gamma, beta, eps, s_out, bits)`.
     Returns [..., N] of scale s_out on `bits` bits (int8 for bits <= 8, else int32).
+    backend: "auto", "triton", "torch" or "cpp" (the C++ kernel, what "auto" picks on x86 CPUs with AVX-512).
     config: Triton launch configuration ({num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32,))
@@ -152,7 +165,10 @@ def layernorm(
     if m.numel() != n or beta_int.numel() != n:
         raise ValueError(f"m, e and beta_int must have one element per channel ({n})")
     check_same_device(x=x, eps_int=eps_int, m=m, e=e, beta_int=beta_int)
-    if resolve_backend(backend, x) == "torch":
+    backend = resolve_cpu_backend(backend, x)
+    if backend == "cpp" and x.numel():
+        return _layernorm_cpp_op(x.reshape(-1, n).contiguous(), eps_int, m, e, beta_int, bits).view(x.shape)
+    if backend != "triton":
         return _layernorm_torch(x, eps_int, m, e, beta_int, bits)
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=out_dtype(bits), device=x.device)

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ibert
 from ibert import IBertConfig
 from ibert.engine import convert_to_integer, load_integer, save_integer
-from kernels.attention import cpp_available
+from kernels._cpu import cpp_available
 
 HEADS = ["IBertModel", "IBertForMaskedLM", "IBertForSequenceClassification", "IBertForMultipleChoice",
          "IBertForTokenClassification", "IBertForQuestionAnswering"]
@@ -197,8 +197,8 @@ def test_no_float_op_between_embedding_lookup_and_head():
     with DtypeRecorder() as rec:
         engine.ibert.encode(ids, mask, types, pos)
     assert rec.float_ops == []
-    if cpp_available():  # the fused CPU attention is a registered op: its tensors are checked too
-        assert "ibert.attention_cpp.default" in rec.ops
+    if cpp_available():  # the C++ kernels are registered ops: their tensors are checked too
+        assert {"ibert.attention_cpp.default", "ibert.linear_cpp.default", "ibert.layernorm_cpp.default"} <= rec.ops
     with DtypeRecorder() as rec:  # the recorder does see float ops: the head runs in float
         engine(input_ids=ids, attention_mask=mask)
     assert rec.float_ops

@@ -3,6 +3,8 @@
 //
 // The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
 // P V takes the 0..255 probabilities as they are.
+#include "ops.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -174,8 +176,4 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
     }
   });
   return {ctx, probs};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("attention", &attention, "fused integer attention (CPU)", py::call_guard<py::gil_scoped_release>());
 }

@@ -1,0 +1,63 @@
+"""The C++ kernels for x86 CPUs with AVX-512 VNNI (`kernels/csrc`): fused attention, int8 linear layers with
+in-register requantization, i-LayerNorm. Built with `torch.utils.cpp_extension` on first use (~1 min, then cached)."""
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+from kernels._utils import BACKENDS, resolve_backend
+
+log = logging.getLogger(__name__)
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp"))
+CPU_BACKENDS = (*BACKENDS, "cpp")
+_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_extension():
+    """The compiled module (built once, cached by torch), or None where this CPU or toolchain can't."""
+    if platform.machine() != "x86_64" or not _CPU_FLAGS <= _cpu_flags():
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        log.info("building (or loading the cached build of) the C++ CPU kernels: ~1 min the first time")
+        return load(name="ibert_cpu", sources=[str(s) for s in SOURCES], verbose=False,
+                    extra_cflags=["-O3", "-fwrapv", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                                  "-mavx512vnni"],
+                    extra_ldflags=["-fopenmp"])
+    except Exception as exc:  # no compiler, no headers: the references still run
+        warnings.warn(f"the C++ CPU kernels could not be built, using the torch references: {exc}")
+        return None
+
+
+@torch.compiler.assume_constant_result
+def cpp_available() -> bool:
+    """Whether the C++ kernels run here (a constant to torch.compile: it does not trace the build)."""
+    return cpp_extension() is not None
+
+
+def resolve_cpu_backend(backend: str, x: torch.Tensor) -> str:
+    """For ops with a C++ kernel: 'auto' is Triton on CUDA, "cpp" on CPUs where it runs, else "torch"."""
+    if backend not in CPU_BACKENDS:
+        raise ValueError(f"backend must be one of {CPU_BACKENDS}, got {backend!r}")
+    if backend == "cpp":
+        if x.is_cuda or not cpp_available():
+            raise ValueError("backend='cpp' needs CPU tensors and an x86 CPU with AVX-512 VNNI and a C++ compiler")
+        return backend
+    if backend == "auto" and not x.is_cuda and cpp_available():
+        return "cpp"
+    return resolve_backend(backend, x)

@@ -1,0 +1,257 @@
+// int8 x int8 -> int32 linear layers for x86 CPUs with AVX-512 VNNI, with the requantization (and the residual
+// add, or i-GELU) applied to the accumulators in registers. Bit-exact with kernels.gemm's references.
+//
+// vpdpbusd multiplies uint8 by int8, so the weights are stored once as w + 128 (uint8, packed in panels of 64
+// output channels) and the activations are read as they are: a . (w + 128) = a . w + 128 rowsum(a).
+#include "ops.h"
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumulators
+constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
+constexpr int64_t kMB = 96;   // at most this many rows per block: a block's activations stay in L2
+
+// Everything the epilogue needs, per output channel widened to int64 lanes.
+struct Epilogue {
+  const int32_t* bias;        // [N], or null
+  const int64_t* m;           // [Np] multiplier
+  const int64_t* half;        // [Np] (1 << e) >> 1
+  const int64_t* e;           // [Np] shift
+  int64_t qmax;
+  bool out_int32;             // else int8
+  const void* res = nullptr;  // [M, N] int8 or int32 residual
+  bool res_int32 = false;
+  int64_t m_res = 0, half_res = 0, e_res = 0;
+  bool gelu = false;          // i-GELU of the (mid-bit) requantized value, then a per-tensor requantization
+  int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
+  int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
+};
+
+// acc += u8 x s8 dot products of 4, in place: GCC's _mm512_dpbusd_epi32 makes copies of (and spills) a tile of
+// accumulators on every step.
+inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+}
+
+inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
+  return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
+}
+
+inline __m512i clamp64(__m512i y, int64_t q) {
+  return _mm512_min_epi64(_mm512_max_epi64(y, _mm512_set1_epi64(-q)), _mm512_set1_epi64(q));
+}
+
+inline __m512i lo64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)); }
+inline __m512i hi64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1)); }
+
+// i-GELU of 16 int32 lanes, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
+inline __m512i gelu16(__m512i q, const Epilogue& ep) {
+  q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(-32767)), _mm512_set1_epi32(32767));
+  const __m512i clip = _mm512_set1_epi32(ep.clip);
+  __m512i t = _mm512_sub_epi32(_mm512_min_epi32(_mm512_srav_epi32(_mm512_abs_epi32(q), _mm512_set1_epi32(ep.r)), clip),
+                               clip);
+  __m512i s = _mm512_sub_epi32(_mm512_set1_epi32(ep.c), _mm512_mullo_epi32(t, t));
+  const __m512i zero = _mm512_setzero_si512();
+  s = _mm512_maskz_mov_epi32(_mm512_cmpneq_epi32_mask(q, zero), s);
+  s = _mm512_mask_sub_epi32(s, _mm512_cmplt_epi32_mask(q, zero), zero, s);
+  const __m512i erf = _mm512_srav_epi32(s, _mm512_set1_epi32(ep.k));
+  return _mm512_mullo_epi32(q, _mm512_add_epi32(erf, _mm512_set1_epi32(ep.one)));
+}
+
+// Requantize 16 accumulators (columns n .. n + 15 of one row) and store the `valid` first ones.
+inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, int valid, const Epilogue& ep, void* out) {
+  const __mmask16 keep = valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1);
+  if (ep.bias) acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(keep, ep.bias + n));
+  __m512i y[2] = {lo64(acc), hi64(acc)};
+  for (int h = 0; h < 2; ++h) {
+    const int64_t c = n + 8 * h;
+    y[h] = rshift_round(y[h], _mm512_loadu_si512(ep.m + c), _mm512_loadu_si512(ep.half + c),
+                        _mm512_loadu_si512(ep.e + c));
+  }
+  if (ep.res) {
+    const int64_t at = row * N + n;
+    __m512i r;
+    if (ep.res_int32) {
+      r = _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at);
+    } else {
+      r = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, static_cast<const int8_t*>(ep.res) + at));
+    }
+    const __m512i m = _mm512_set1_epi64(ep.m_res), half = _mm512_set1_epi64(ep.half_res), e = _mm512_set1_epi64(ep.e_res);
+    y[0] = _mm512_add_epi64(y[0], rshift_round(lo64(r), m, half, e));
+    y[1] = _mm512_add_epi64(y[1], rshift_round(hi64(r), m, half, e));
+  }
+  int64_t qmax = ep.qmax;
+  if (ep.gelu) {
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(clamp64(y[0], qmax))),
+                                         _mm512_cvtepi64_epi32(clamp64(y[1], qmax)), 1);
+    const __m512i g = gelu16(q, ep);
+    const __m512i m = _mm512_set1_epi64(ep.m2), half = _mm512_set1_epi64(ep.half2), e = _mm512_set1_epi64(ep.e2);
+    y[0] = rshift_round(lo64(g), m, half, e);
+    y[1] = rshift_round(hi64(g), m, half, e);
+    qmax = ep.qmax2;
+  }
+  for (int h = 0; h < 2; ++h) {
+    const __mmask8 k8 = (__mmask8)(keep >> (8 * h));
+    const int64_t at = row * N + n + 8 * h;
+    if (ep.out_int32) {
+      _mm512_mask_cvtepi64_storeu_epi32(static_cast<int32_t*>(out) + at, k8, clamp64(y[h], qmax));
+    } else {
+      _mm512_mask_cvtepi64_storeu_epi8(static_cast<int8_t*>(out) + at, k8, clamp64(y[h], qmax));
+    }
+  }
+}
+
+// One micro-tile: rows [row, row + R) x the 64 channels of one panel. a: int8 [M, K] (K a multiple of 4, row
+// stride K); panel: [K/4][64][4] uint8; comp: 128 rowsum(a) per row. The 4 R accumulators are named variables:
+// GCC keeps an array of them in memory.
+#define IBERT_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+template <int R>
+void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* comp, int64_t row, int64_t n0,
+                int64_t N, const Epilogue& ep, void* out) {
+  static_assert(R >= 1 && R <= kMR, "rows per micro-tile");
+#define IBERT_DECLARE(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, \
+                                 c##r##3 = c##r##0;
+  IBERT_ROWS(IBERT_DECLARE)
+  const int8_t* arow = a + row * K;
+  for (int64_t g = 0; g < K / 4; ++g) {
+    const uint8_t* bg = panel + g * kNR * 4;
+    const __m512i b0 = _mm512_loadu_si512(bg), b1 = _mm512_loadu_si512(bg + 64), b2 = _mm512_loadu_si512(bg + 128),
+                  b3 = _mm512_loadu_si512(bg + 192);
+#define IBERT_STEP(r)                                              \
+    if constexpr (R > r) {                                         \
+      int32_t a4;                                                  \
+      std::memcpy(&a4, arow + r * K + g * 4, 4);                   \
+      const __m512i av = _mm512_set1_epi32(a4);                    \
+      dpbusd(c##r##0, b0, av);                                     \
+      dpbusd(c##r##1, b1, av);                                     \
+      dpbusd(c##r##2, b2, av);                                     \
+      dpbusd(c##r##3, b3, av);                                     \
+    }
+    IBERT_ROWS(IBERT_STEP)
+  }
+  alignas(64) int32_t tile[R][kNR];  // the epilogue reads the accumulators back from L1
+#define IBERT_STORE(r)                                                                   \
+  if constexpr (R > r) {                                                                 \
+    const __m512i c = _mm512_set1_epi32(comp[row + r]);                                  \
+    _mm512_store_si512(tile[r], _mm512_sub_epi32(c##r##0, c));                           \
+    _mm512_store_si512(tile[r] + 16, _mm512_sub_epi32(c##r##1, c));                      \
+    _mm512_store_si512(tile[r] + 32, _mm512_sub_epi32(c##r##2, c));                      \
+    _mm512_store_si512(tile[r] + 48, _mm512_sub_epi32(c##r##3, c));                      \
+  }
+  IBERT_ROWS(IBERT_STORE)
+  for (int r = 0; r < R; ++r)
+    for (int64_t n = n0; n < std::min(N, n0 + kNR); n += 16)
+      epilogue16(_mm512_load_si512(tile[r] + (n - n0)), row + r, n, N, (int)std::min<int64_t>(16, N - n), ep, out);
+}
+#undef IBERT_DECLARE
+#undef IBERT_STEP
+#undef IBERT_STORE
+#undef IBERT_ROWS
+
+void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* comp, int64_t row,
+               int64_t n0, int64_t N, const Epilogue& ep, void* out) {
+  switch (rows) {
+    case 6: micro_tile<6>(a, K, panel, comp, row, n0, N, ep, out); break;
+    case 5: micro_tile<5>(a, K, panel, comp, row, n0, N, ep, out); break;
+    case 4: micro_tile<4>(a, K, panel, comp, row, n0, N, ep, out); break;
+    case 3: micro_tile<3>(a, K, panel, comp, row, n0, N, ep, out); break;
+    case 2: micro_tile<2>(a, K, panel, comp, row, n0, N, ep, out); break;
+    default: micro_tile<1>(a, K, panel, comp, row, n0, N, ep, out); break;
+  }
+}
+
+// 128 * sum of each row of a [M, K] int8 (K a multiple of 4).
+void row_compensation(const int8_t* a, int64_t M, int64_t K, int32_t* comp) {
+  at::parallel_for(0, M, 64, [=](int64_t begin, int64_t end) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t i = begin; i < end; ++i) {
+      const int8_t* row = a + i * K;
+      __m512i s = _mm512_setzero_si512();
+      int64_t k = 0;
+      for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
+      const __mmask64 tail = K - k == 0 ? 0 : (~0ull >> (64 - (K - k)));
+      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(tail, row + k));
+      comp[i] = 128 * _mm512_reduce_add_epi32(s);
+    }
+  });
+}
+
+std::vector<int64_t> widen(const torch::Tensor& x, int64_t n, int64_t np) {
+  std::vector<int64_t> out(np, 0);
+  const int32_t* p = x.data_ptr<int32_t>();
+  for (int64_t i = 0; i < n; ++i) out[i] = p[x.numel() == 1 ? 0 : i];
+  return out;
+}
+
+inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
+
+}  // namespace
+
+// w: [N, K] int8 -> [ceil(N / 64), K4 / 4, 64, 4] uint8 holding w + 128 (K4 = K rounded up to 4; padding 0).
+torch::Tensor pack_weight(torch::Tensor w) {
+  const int64_t N = w.size(0), K = w.size(1), K4 = (K + 3) / 4 * 4, panels = (N + kNR - 1) / kNR;
+  auto packed = torch::zeros({panels, K4 / 4, kNR, 4}, w.options().dtype(torch::kUInt8));
+  const int8_t* src = w.data_ptr<int8_t>();
+  uint8_t* dst = packed.data_ptr<uint8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      dst[(((n / kNR) * (K4 / 4) + k / 4) * kNR + n % kNR) * 4 + k % 4] = (uint8_t)(src[n * K + k] + 128);
+  return packed;
+}
+
+// a: [M, K4] int8 (K4 a multiple of 4); packed from pack_weight for N outputs; bias: [N] int32 or empty;
+// m, e: [1] or [N] int32, to +-qmax; out_bits: bits of the result (int8 for <= 8, else int32). residual: [M, N]
+// int8/int32 or empty, with its per-tensor (m_res, e_res). gelu: [5] int64 (clip, c, k, one, r) or empty; then
+// m, e take the accumulator to the i-GELU input (qmax) and (m2, e2) its output to out_bits.
+torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
+                     torch::Tensor e, int64_t qmax, torch::Tensor residual, torch::Tensor m_res, torch::Tensor e_res,
+                     torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits) {
+  const int64_t M = a.size(0), K = a.size(1), panels = packed.size(0), Np = panels * kNR;
+  TORCH_CHECK(a.is_contiguous() && K % 4 == 0 && packed.size(1) * 4 == K && Np >= N, "linear: a and packed disagree");
+  TORCH_CHECK((m.numel() == 1 || m.numel() == N) && m.numel() == e.numel(), "linear: m, e need 1 or N elements");
+  auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
+  std::vector<int32_t> comp(M);
+  row_compensation(a.data_ptr<int8_t>(), M, K, comp.data());
+  std::vector<int64_t> mw = widen(m, N, Np), ew = widen(e, N, Np), half(Np);
+  for (int64_t i = 0; i < Np; ++i) half[i] = half_of(ew[i]);
+  Epilogue ep{bias.numel() ? bias.data_ptr<int32_t>() : nullptr, mw.data(), half.data(), ew.data(), qmax, out_bits > 8};
+  if (residual.numel()) {
+    ep.res = residual.data_ptr();
+    ep.res_int32 = residual.scalar_type() == torch::kInt32;
+    ep.m_res = m_res.data_ptr<int32_t>()[0];
+    ep.e_res = e_res.data_ptr<int32_t>()[0];
+    ep.half_res = half_of(ep.e_res);
+  }
+  if (gelu.numel()) {
+    const int64_t* g = gelu.data_ptr<int64_t>();
+    ep.gelu = true;
+    ep.clip = (int32_t)g[0], ep.c = (int32_t)g[1], ep.k = (int32_t)g[2], ep.one = (int32_t)g[3], ep.r = (int32_t)g[4];
+    ep.m2 = m2.data_ptr<int32_t>()[0];
+    ep.e2 = e2.data_ptr<int32_t>()[0];
+    ep.half2 = half_of(ep.e2);
+    ep.qmax2 = (int64_t(1) << (out_bits - 1)) - 1;
+  }
+  const int8_t* ap = a.data_ptr<int8_t>();
+  const uint8_t* bp = packed.data_ptr<uint8_t>();
+  const int32_t* cp = comp.data();
+  void* op = out.data_ptr();
+  // Tasks (row block, panel), row-block major: a thread's consecutive tasks reuse its block of activations.
+  const int64_t mblocks = (M + kMB - 1) / kMB, rows = (M + mblocks - 1) / mblocks;
+  at::parallel_for(0, mblocks * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row0 = task / panels * rows, row1 = std::min(M, row0 + rows), p = task % panels;
+      for (int64_t row = row0; row < row1; row += kMR)
+        tile_rows(std::min(kMR, row1 - row), ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, op);
+    }
+  });
+  return out;
+}

@@ -1,0 +1,185 @@
+"""The C++ CPU kernels (`kernels/csrc`): the int8 linear layers with fused epilogues equal the torch reference
+exactly; the sources hold no floating-point type. (The fused attention's tests are in test_attention.py.)"""
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels
+from kernels import dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, layernorm_params
+from kernels._cpu import SOURCES, cpp_extension
+from kernels.gemm import _PACKED
+
+needs_cpp = pytest.mark.skipif(cpp_extension() is None, reason="the C++ kernels need x86 AVX-512 VNNI and g++")
+
+# Tails of every loop: rows (micro-tiles of 6, blocks of up to 96), channels (vectors of 16, panels of 64) and
+# the inner dimension (groups of 4).
+SHAPES = [(1, 1, 1), (5, 7, 17), (6, 4, 64), (13, 130, 129), (97, 768, 200), (200, 33, 65)]
+
+
+def randint(lo, hi, shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int64).to(dtype)
+
+
+def cpp_and_torch(fn, *args):
+    x, y = fn(*args, backend="cpp"), fn(*args, backend="torch")
+    assert x.dtype == y.dtype and x.shape == y.shape
+    return x, y
+
+
+@needs_cpp
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("bits", [8, 16, 22])
+def test_linear_requant_residual_exact(M, K, N, bits):
+    a = randint(-128, 127, (M, K), torch.int8, seed=1)
+    b = randint(-127, 127, (N, K), torch.int8, seed=2)
+    bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=3)
+    m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0 ** (bits - 14) / math.sqrt(K))
+    res = randint(-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1, (M, N), torch.int8 if bits == 8 else torch.int32)
+    mr, er = dyadic(torch.tensor([0.6]))
+    mt, et = dyadic(torch.tensor([2.0 ** (bits - 15)]))
+    for args in ((bias, m, e, bits), (bias, m, e, bits, res, mr, er), (None, mt, et, bits),
+                 (None, mt, et, bits, res, mr, er)):
+        x, y = cpp_and_torch(int8_matmul, a, b, *args)
+        assert torch.equal(x, y)
+
+
+@needs_cpp
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_linear_gelu_exact(M, K, N):
+    a = randint(-128, 127, (M, K), torch.int8, seed=4)
+    b = randint(-127, 127, (N, K), torch.int8, seed=5)
+    bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=6)
+    m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0**-2 / math.sqrt(K))
+    params, out_scale = gelu_params(torch.tensor(3e-4))
+    m2, e2 = dyadic(out_scale.double() / 0.02)
+    for bias_ in (bias, None):
+        x, y = cpp_and_torch(int8_matmul_gelu, a, b, bias_, m, e, params, m2, e2)
+        assert torch.equal(x, y) and y.dtype == torch.int8
+    x, y = cpp_and_torch(int8_matmul_gelu, a, b, bias, m, e, params, m2, e2, 12, 16)  # mid and output widths
+    assert torch.equal(x, y) and y.dtype == torch.int32
+
+
+@needs_cpp
+def test_linear_extremes_saturate():
+    """Largest accumulators (every product 128 * 127, and -128 activations against +127 weights), outputs on
+    both clamps, the largest shift."""
+    K = 1024
+    a = torch.full((7, K), -128, dtype=torch.int8)
+    a[1] = 127
+    b = torch.full((70, K), 127, dtype=torch.int8)
+    b[1::2] = -127
+    for ratio in (1e-3, 2.0**-40, 1.0):
+        m, e = dyadic(torch.tensor([ratio]))
+        for bits in (8, 16, 32):
+            x, y = cpp_and_torch(int8_matmul, a, b, None, m, e, bits)
+            assert torch.equal(x, y)
+    m, e = dyadic(torch.tensor([1e-3]))
+    x = int8_matmul(a, b, None, m, e, 8, backend="cpp")
+    assert x[0, 0] == -127 and x[0, 1] == 127 and x[1, 0] == 127
+
+
+@needs_cpp
+@settings(max_examples=40, deadline=None)
+@given(M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 140), seed=st.integers(0, 2**16),
+       log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32))
+def test_linear_property(M, K, N, seed, log_ratio, residual, bits):
+    a = randint(-128, 127, (M, K), torch.int8, seed=seed)
+    b = randint(-128, 127, (N, K), torch.int8, seed=seed + 1)
+    bias = randint(-(2**24), 2**24, (N,), torch.int32, seed=seed + 2)
+    g = torch.Generator().manual_seed(seed)
+    m, e = dyadic(torch.rand(N, generator=g, dtype=torch.float64) * 2.0**log_ratio)
+    args = (bias, m, e, bits)
+    if residual is not None:
+        top = 127 if residual == torch.int8 else 2**30
+        args += (randint(-top, top, (M, N), residual, seed=seed + 3), *dyadic(torch.rand(1, generator=g) * 4))
+    x, y = cpp_and_torch(int8_matmul, a, b, *args)
+    assert torch.equal(x, y)
+
+
+def ln_params(n, s_in=1e-3, s_out=0.02, eps=1e-12, bits=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weight, bias = 1 + torch.randn(n, generator=g) * 0.2, torch.randn(n, generator=g) * 0.3
+    return layernorm_params(torch.tensor(s_in), weight, bias, eps, torch.tensor(s_out), bits)
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", [(1, 1), (7, 7), (3, 768), (2, 3, 1023), (40, 384)])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_layernorm_exact(shape, bits):
+    """Wide rows (down-shifted variance), narrow rows (up-shifted), int32 extremes, constant rows, large eps."""
+    x = randint(-(2**21), 2**21, shape, torch.int32)
+    params = ln_params(shape[-1], bits=bits)
+    for rows in (x, x >> 20, x.clamp(-2, 2)):
+        a, b = cpp_and_torch(layernorm, rows.contiguous(), *params, bits)
+        assert torch.equal(a, b)
+    x.view(-1, shape[-1])[0] = 2**31 - 1
+    x.view(-1, shape[-1])[-1, ::2] = -(2**31)
+    a, b = cpp_and_torch(layernorm, x, *params, bits)
+    assert torch.equal(a, b)
+    for eps in (0.0, 1e-5, 10.0):
+        p = ln_params(shape[-1], s_in=1e-3, eps=eps, bits=bits)
+        a, b = cpp_and_torch(layernorm, x.clamp(-3, 3), *p, bits)
+        assert torch.equal(a, b)
+
+
+@needs_cpp
+def test_packed_weight_follows_the_weight():
+    """The packed layout is made once per weight tensor, again after an in-place change, and dropped with it."""
+    a = randint(-128, 127, (9, 40), torch.int8)
+    w = randint(-127, 127, (20, 40), torch.int8, seed=1)
+    m, e = dyadic(torch.tensor([1e-3]))
+    first = int8_matmul(a, w, None, m, e, backend="cpp")
+    packed = _PACKED[id(w)][1]
+    int8_matmul(a, w, None, m, e, backend="cpp")
+    assert _PACKED[id(w)][1] is packed
+    w[3] = -w[3]
+    second = int8_matmul(a, w, None, m, e, backend="cpp")
+    assert torch.equal(second, int8_matmul(a, w, None, m, e, backend="torch")) and not torch.equal(first, second)
+    key = id(w)
+    del w
+    assert key not in _PACKED
+
+
+@needs_cpp
+def test_linear_op_compiles_in_one_graph():
+    a = randint(-128, 127, (9, 40), torch.int8)
+    w = randint(-127, 127, (20, 40), torch.int8, seed=1)
+    m, e = dyadic(torch.rand(20, dtype=torch.float64) * 1e-2)
+    fn = torch.compile(lambda x: int8_matmul(x, w, None, m, e, backend="cpp"), fullgraph=True)
+    assert torch.equal(fn(a), int8_matmul(a, w, None, m, e, backend="torch"))
+
+
+@needs_cpp
+def test_auto_picks_the_cpp_kernel_on_this_cpu():
+    a = randint(-128, 127, (4, 8), torch.int8)
+    m, e = dyadic(torch.tensor([1e-2]))
+    with torch.profiler.profile() as prof:
+        kernels.int8_matmul(a, a, None, m, e)
+    assert "ibert::linear_cpp" in {ev.name for ev in prof.events()}
+
+
+def test_without_the_cpp_kernel_auto_runs_the_reference(monkeypatch):
+    """Where the C++ kernels cannot run, "auto" takes the reference and "cpp" says why it cannot."""
+    import kernels._cpu
+
+    monkeypatch.setattr(kernels._cpu, "cpp_available", lambda: False)
+    a = randint(-128, 127, (4, 8), torch.int8)
+    m, e = dyadic(torch.tensor([1e-2]))
+    with torch.profiler.profile() as prof:
+        x = int8_matmul(a, a, None, m, e)
+    assert "ibert::linear_cpp" not in {ev.name for ev in prof.events()}
+    assert torch.equal(x, int8_matmul(a, a, None, m, e, backend="torch"))
+    with pytest.raises(ValueError, match="AVX-512 VNNI"):
+        int8_matmul(a, a, None, m, e, backend="cpp")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_cpp_sources_have_no_float_arithmetic(source):
+    """The C++ kernels are integer-only: no float type anywhere in their source."""
+    code = re.sub(r"//.*", "", source.read_text())
+    assert not re.findall(r"\b(float|double|__m512[dh]?|__m256[dh]?|__m128[dh]?|__fp16|__bf16|_Float\d+)\b", code)
