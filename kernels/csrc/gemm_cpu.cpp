@@ -46,10 +46,6 @@ inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
   return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
 }
 
-inline __m512i clamp64(__m512i y, int64_t q) {
-  return _mm512_min_epi64(_mm512_max_epi64(y, _mm512_set1_epi64(-q)), _mm512_set1_epi64(q));
-}
-
 inline __m512i lo64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)); }
 inline __m512i hi64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1)); }
 
@@ -67,46 +63,41 @@ inline __m512i gelu16(__m512i q, const Epilogue& ep) {
   return _mm512_mullo_epi32(q, _mm512_add_epi32(erf, _mm512_set1_epi32(ep.one)));
 }
 
+// Two int64 halves (lanes 0-7, 8-15) -> 16 int32 lanes clamped to +-qmax (qmax < 2**31: saturating first is exact).
+inline __m512i narrow_clamp(__m512i lo, __m512i hi, int64_t qmax) {
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtsepi64_epi32(lo)), _mm512_cvtsepi64_epi32(hi), 1);
+  return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32((int32_t)-qmax)), _mm512_set1_epi32((int32_t)qmax));
+}
+
 // Requantize 16 accumulators (columns n .. n + 15 of one row) and store the `valid` first ones.
 inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, int valid, const Epilogue& ep, void* out) {
   const __mmask16 keep = valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1);
   if (ep.bias) acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(keep, ep.bias + n));
-  __m512i y[2] = {lo64(acc), hi64(acc)};
-  for (int h = 0; h < 2; ++h) {
-    const int64_t c = n + 8 * h;
-    y[h] = rshift_round(y[h], _mm512_loadu_si512(ep.m + c), _mm512_loadu_si512(ep.half + c),
-                        _mm512_loadu_si512(ep.e + c));
-  }
+  __m512i lo = rshift_round(lo64(acc), _mm512_loadu_si512(ep.m + n), _mm512_loadu_si512(ep.half + n),
+                            _mm512_loadu_si512(ep.e + n));
+  __m512i hi = rshift_round(hi64(acc), _mm512_loadu_si512(ep.m + n + 8), _mm512_loadu_si512(ep.half + n + 8),
+                            _mm512_loadu_si512(ep.e + n + 8));
+  const int64_t at = row * N + n;
   if (ep.res) {
-    const int64_t at = row * N + n;
-    __m512i r;
-    if (ep.res_int32) {
-      r = _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at);
-    } else {
-      r = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, static_cast<const int8_t*>(ep.res) + at));
-    }
+    const __m512i r = ep.res_int32 ? _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at)
+                                   : _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, static_cast<const int8_t*>(ep.res) + at));
     const __m512i m = _mm512_set1_epi64(ep.m_res), half = _mm512_set1_epi64(ep.half_res), e = _mm512_set1_epi64(ep.e_res);
-    y[0] = _mm512_add_epi64(y[0], rshift_round(lo64(r), m, half, e));
-    y[1] = _mm512_add_epi64(y[1], rshift_round(hi64(r), m, half, e));
+    lo = _mm512_add_epi64(lo, rshift_round(lo64(r), m, half, e));
+    hi = _mm512_add_epi64(hi, rshift_round(hi64(r), m, half, e));
   }
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
-    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(clamp64(y[0], qmax))),
-                                         _mm512_cvtepi64_epi32(clamp64(y[1], qmax)), 1);
-    const __m512i g = gelu16(q, ep);
+    const __m512i g = gelu16(narrow_clamp(lo, hi, qmax), ep);
     const __m512i m = _mm512_set1_epi64(ep.m2), half = _mm512_set1_epi64(ep.half2), e = _mm512_set1_epi64(ep.e2);
-    y[0] = rshift_round(lo64(g), m, half, e);
-    y[1] = rshift_round(hi64(g), m, half, e);
+    lo = rshift_round(lo64(g), m, half, e);
+    hi = rshift_round(hi64(g), m, half, e);
     qmax = ep.qmax2;
   }
-  for (int h = 0; h < 2; ++h) {
-    const __mmask8 k8 = (__mmask8)(keep >> (8 * h));
-    const int64_t at = row * N + n + 8 * h;
-    if (ep.out_int32) {
-      _mm512_mask_cvtepi64_storeu_epi32(static_cast<int32_t*>(out) + at, k8, clamp64(y[h], qmax));
-    } else {
-      _mm512_mask_cvtepi64_storeu_epi8(static_cast<int8_t*>(out) + at, k8, clamp64(y[h], qmax));
-    }
+  const __m512i v = narrow_clamp(lo, hi, qmax);
+  if (ep.out_int32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + at, keep, v);
+  } else {
+    _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + at, keep, _mm512_cvtepi32_epi8(v));
   }
 }
 
@@ -148,9 +139,10 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t*
     _mm512_store_si512(tile[r] + 48, _mm512_sub_epi32(c##r##3, c));                      \
   }
   IBERT_ROWS(IBERT_STORE)
+  const Epilogue local = ep;  // a local copy: `ep` would be read again after every (aliasing) int8 store
   for (int r = 0; r < R; ++r)
     for (int64_t n = n0; n < std::min(N, n0 + kNR); n += 16)
-      epilogue16(_mm512_load_si512(tile[r] + (n - n0)), row + r, n, N, (int)std::min<int64_t>(16, N - n), ep, out);
+      epilogue16(_mm512_load_si512(tile[r] + (n - n0)), row + r, n, N, (int)std::min<int64_t>(16, N - n), local, out);
 }
 #undef IBERT_DECLARE
 #undef IBERT_STEP

@@ -1,9 +1,10 @@
-// Integer-only LayerNorm for x86 CPUs, one row at a time: exactly kernels.layernorm.layernorm_reference.
-// The loops over a row are int64 arithmetic that the compiler vectorizes (AVX-512: vpmullq, vpsravq).
+// Integer-only LayerNorm for x86 CPUs with AVX-512, one row at a time: exactly
+// kernels.layernorm.layernorm_reference, in int64 lanes (products wrap as torch's do).
 #include "ops.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -25,30 +26,47 @@ inline int64_t isqrt(int64_t n) {
   return x;
 }
 
-template <typename Out>
+inline __mmask8 lanes(int64_t left) { return left >= 8 ? 0xff : (__mmask8)((1u << left) - 1); }
+
+// One row, eight int64 lanes at a time. y: scratch [N] int64.
+template <bool kInt8Out>
 void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const int64_t* __restrict m,
                    const int64_t* __restrict e, const int64_t* __restrict beta_half, int64_t qmax, int64_t* __restrict y,
-                   Out* __restrict out) {
-  int64_t sum = 0;
-  for (int64_t j = 0; j < N; ++j) sum += x[j];
-  int64_t amax = 0;
-  for (int64_t j = 0; j < N; ++j) {
-    y[j] = (int64_t)x[j] * N - sum;
-    amax = std::max(amax, y[j] < 0 ? -y[j] : y[j]);
+                   void* __restrict out) {
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t j = 0; j < N; j += 8)
+    acc = _mm512_add_epi64(acc, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes(N - j), x + j)));
+  const __m512i sum = _mm512_set1_epi64(_mm512_reduce_add_epi64(acc)), n = _mm512_set1_epi64(N);
+  __m512i amax = _mm512_setzero_si512();
+  for (int64_t j = 0; j < N; j += 8) {  // y = N x - sum (0 past the row's end)
+    const __mmask8 k = lanes(N - j);
+    const __m512i v = _mm512_maskz_sub_epi64(
+        k, _mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(k, x + j)), n), sum);
+    _mm512_storeu_si512(y + j, v);
+    amax = _mm512_max_epi64(amax, _mm512_abs_epi64(v));
   }
-  const int sh = std::max(bit_length(amax) - kVarBits, kMinShift);
-  int64_t ssq = 0;
-  if (sh >= 0) {
-    for (int64_t j = 0; j < N; ++j) ssq += (y[j] >> sh) * (y[j] >> sh);
-  } else {
-    for (int64_t j = 0; j < N; ++j) ssq += (y[j] << -sh) * (y[j] << -sh);
+  const int sh = std::max(bit_length(_mm512_reduce_max_epi64(amax)) - kVarBits, kMinShift);
+  const __m512i down = _mm512_set1_epi64(std::max(sh, 0)), up = _mm512_set1_epi64(std::max(-sh, 0));
+  acc = _mm512_setzero_si512();
+  for (int64_t j = 0; j < N; j += 8) {  // |ys| < 2**15: an int32 product is exact
+    const __m512i ys = _mm512_sllv_epi64(_mm512_srav_epi64(_mm512_loadu_si512(y + j), down), up);
+    acc = _mm512_add_epi64(acc, _mm512_mul_epi32(ys, ys));
   }
+  const int64_t var = _mm512_reduce_add_epi64(acc) / N;
   const int64_t eps_row = sh >= 0 ? eps >> std::min(2 * sh, 62) : std::min(eps, (int64_t(1) << 61) >> -2 * sh) << -2 * sh;
-  const int64_t inv = (int64_t(1) << 30) / isqrt(std::max<int64_t>(ssq / N + eps_row, 1));
-  const int shift = sh + 30 - kNormBits;
-  for (int64_t j = 0; j < N; ++j) {
-    const int64_t v = (((y[j] * inv) >> shift) * m[j] + beta_half[j]) >> e[j];
-    out[j] = (Out)std::min(std::max(v, -qmax), qmax);
+  const __m512i inv = _mm512_set1_epi64((int64_t(1) << 30) / isqrt(std::max<int64_t>(var + eps_row, 1)));
+  const __m512i shift = _mm512_set1_epi64(sh + 30 - kNormBits), lo = _mm512_set1_epi64(-qmax), hi = _mm512_set1_epi64(qmax);
+  for (int64_t j = 0; j < N; j += 8) {
+    const __mmask8 k = lanes(N - j);
+    const __m512i norm = _mm512_srav_epi64(_mm512_mullo_epi64(_mm512_loadu_si512(y + j), inv), shift);
+    __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(norm, _mm512_maskz_loadu_epi64(k, m + j)),
+                                 _mm512_maskz_loadu_epi64(k, beta_half + j));
+    v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(v, _mm512_maskz_loadu_epi64(k, e + j)), lo), hi);
+    if constexpr (kInt8Out) {
+      _mm512_mask_cvtepi64_storeu_epi8(static_cast<int8_t*>(out) + j, k, v);
+    } else {
+      _mm512_mask_cvtepi64_storeu_epi32(static_cast<int32_t*>(out) + j, k, v);
+    }
   }
 }
 
@@ -72,14 +90,14 @@ torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t,
   void* dst = out.data_ptr();
   const bool int8_out = out_bits <= 8;
   at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> y(N);
+    std::vector<int64_t> y(N + 8);
     for (int64_t r = begin; r < end; ++r) {
       if (int8_out) {
-        normalize_row(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
-                      static_cast<int8_t*>(dst) + r * N);
+        normalize_row<true>(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
+                            static_cast<int8_t*>(dst) + r * N);
       } else {
-        normalize_row(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
-                      static_cast<int32_t*>(dst) + r * N);
+        normalize_row<false>(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
+                             static_cast<int32_t*>(dst) + r * N);
       }
     }
   });
