@@ -105,7 +105,7 @@ void pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, 
       s += key[k];
     }
     ksum[i] = 128 * s;
-    for (int64_t k = 0; k < d; ++k) kp[((k >> 2) * Sp + i) * 4 + (k & 3)] = key[k];
+    for (int64_t k = 0; k < d; k += 4) std::memcpy(kp + ((k >> 2) * Sp + i) * 4, key + k, std::min<int64_t>(4, d - k));
   }
   for (int64_t i = 0; i < S; i += 4) {  // four rows of V interleaved into 32-bit words
     const uint8_t* __restrict v[4];
