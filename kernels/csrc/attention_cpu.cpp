@@ -4,6 +4,7 @@
 // The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
 // P V takes the 0..255 probabilities as they are.
 #include "ops.h"
+#include "vnni.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -27,35 +28,56 @@ inline __m512i bcast4(const uint8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// C[R rows, NB x 16 cols] = A[R, 4G] (uint8, row stride lda) . B packed as [G][ldb][4] int8, columns col0...
-template <int R, int NB>
+// C[4 rows, NB x 16 cols] = A[4, 4G] (uint8, row stride lda) . B packed as [G][ldb][4] int8, columns col0...
+template <int NB>
 inline void dot_block(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t groups, int64_t col0,
                       int32_t* c, int64_t ldc) {
-  __m512i acc[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int n = 0; n < NB; ++n) acc[r][n] = _mm512_setzero_si512();
+  static_assert(NB >= 1 && NB <= 4, "column vectors per block");
+#define IBERT_ROWS(X) X(0) X(1) X(2) X(3)
+#define IBERT_DECLARE(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, \
+                                 c##r##3 = c##r##0;
+  IBERT_ROWS(IBERT_DECLARE)
+  __m512i b0 = _mm512_setzero_si512(), b1 = b0, b2 = b0, b3 = b0;
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* bg = b + (g * ldb + col0) * 4;
-    __m512i bv[NB];
-    for (int n = 0; n < NB; ++n) bv[n] = _mm512_loadu_si512(bg + n * 64);
-    for (int r = 0; r < R; ++r) {
-      __m512i av = bcast4(a + r * lda + g * 4);
-      for (int n = 0; n < NB; ++n) acc[r][n] = _mm512_dpbusd_epi32(acc[r][n], av, bv[n]);
+    b0 = _mm512_loadu_si512(bg);
+    if constexpr (NB > 1) b1 = _mm512_loadu_si512(bg + 64);
+    if constexpr (NB > 2) b2 = _mm512_loadu_si512(bg + 128);
+    if constexpr (NB > 3) b3 = _mm512_loadu_si512(bg + 192);
+#define IBERT_STEP(r)                                      \
+    {                                                      \
+      const __m512i av = bcast4(a + r * lda + g * 4);      \
+      dpbusd(c##r##0, av, b0);                             \
+      if constexpr (NB > 1) dpbusd(c##r##1, av, b1);       \
+      if constexpr (NB > 2) dpbusd(c##r##2, av, b2);       \
+      if constexpr (NB > 3) dpbusd(c##r##3, av, b3);       \
     }
+    IBERT_ROWS(IBERT_STEP)
   }
-  for (int r = 0; r < R; ++r)
-    for (int n = 0; n < NB; ++n) _mm512_storeu_si512(c + r * ldc + col0 + n * 16, acc[r][n]);
+#define IBERT_STORE(r)                                                         \
+  {                                                                            \
+    int32_t* row = c + r * ldc + col0;                                         \
+    _mm512_storeu_si512(row, c##r##0);                                         \
+    if constexpr (NB > 1) _mm512_storeu_si512(row + 16, c##r##1);              \
+    if constexpr (NB > 2) _mm512_storeu_si512(row + 32, c##r##2);              \
+    if constexpr (NB > 3) _mm512_storeu_si512(row + 48, c##r##3);              \
+  }
+  IBERT_ROWS(IBERT_STORE)
+#undef IBERT_DECLARE
+#undef IBERT_STEP
+#undef IBERT_STORE
+#undef IBERT_ROWS
 }
 
 // C[rows, cols] = A[rows, 4 groups] . B, rows a multiple of 4, cols a multiple of 16.
 void dot(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups, int64_t rows, int64_t cols, int32_t* c) {
   for (int64_t i = 0; i < rows; i += 4) {
     int64_t col = 0;
-    for (; col + 64 <= cols; col += 64) dot_block<4, 4>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols);
+    for (; col + 64 <= cols; col += 64) dot_block<4>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols);
     switch ((cols - col) / 16) {
-      case 3: dot_block<4, 3>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
-      case 2: dot_block<4, 2>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
-      case 1: dot_block<4, 1>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      case 3: dot_block<3>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      case 2: dot_block<2>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
+      case 1: dot_block<1>(a + i * lda, lda, b, cols, groups, col, c + i * cols, cols); break;
       default: break;
     }
   }
@@ -76,12 +98,17 @@ void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, in
   int32_t sum = 0;
   for (int64_t j = 0; j < n; ++j) {
     const int32_t d = std::max((std::max(ex[j], low) - top) >> r, zmin);
-    int32_t z = d <= 16 * x0 ? 16 : 0;  // z = d // x0 in [0, 30]: floor_div_small's binary search
-    z = d <= (z + 8) * x0 ? z + 8 : z;
-    z = d <= (z + 4) * x0 ? z + 4 : z;
-    z = d <= (z + 2) * x0 ? z + 2 : z;
-    z = d <= (z + 1) * x0 ? z + 1 : z;
-    const int32_t p = d - z * x0;
+    // z = d // x0 in [0, 30]: floor_div_small's binary search, with zx = z * x0 kept up to date (no products)
+    int32_t z = 0, zx = 0;
+#define IBERT_HALVE(step)                    \
+    {                                        \
+      const bool down = d <= zx + step * x0; \
+      z = down ? z + step : z;               \
+      zx = down ? zx + step * x0 : zx;       \
+    }
+    IBERT_HALVE(16) IBERT_HALVE(8) IBERT_HALVE(4) IBERT_HALVE(2) IBERT_HALVE(1)  // a loop here stops vectorization
+#undef IBERT_HALVE
+    const int32_t p = d - zx;
     ex[j] = ((p + b) * p + c) >> std::min(z + shift, 31);
     sum += ex[j];
   }

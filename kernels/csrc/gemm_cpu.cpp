@@ -4,6 +4,7 @@
 // vpdpbusd multiplies uint8 by int8, so the weights are stored once as w + 128 (uint8, packed in panels of 64
 // output channels) and the activations are read as they are: a . (w + 128) = a . w + 128 rowsum(a).
 #include "ops.h"
+#include "vnni.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -35,12 +36,6 @@ struct Epilogue {
   int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
   int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
 };
-
-// acc += u8 x s8 dot products of 4, in place: GCC's _mm512_dpbusd_epi32 makes copies of (and spills) a tile of
-// accumulators on every step.
-inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
-  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
-}
 
 inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
   return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
@@ -102,8 +97,7 @@ inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, int valid
 }
 
 // One micro-tile: rows [row, row + R) x the 64 channels of one panel. a: int8 [M, K] (K a multiple of 4, row
-// stride K); panel: [K/4][64][4] uint8; comp: 128 rowsum(a) per row. The 4 R accumulators are named variables:
-// GCC keeps an array of them in memory.
+// stride K); panel: [K/4][64][4] uint8; comp: 128 rowsum(a) per row.
 #define IBERT_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 template <int R>
 void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* comp, int64_t row, int64_t n0,
@@ -237,7 +231,7 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   const int32_t* cp = comp.data();
   void* op = out.data_ptr();
   // Tasks (row block, panel), row-block major: a thread's consecutive tasks reuse its block of activations.
-  const int64_t mblocks = (M + kMB - 1) / kMB, rows = (M + mblocks - 1) / mblocks;
+  const int64_t mblocks = (M + kMB - 1) / kMB, rows = ((M + mblocks - 1) / mblocks + kMR - 1) / kMR * kMR;
   at::parallel_for(0, mblocks * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row0 = task / panels * rows, row1 = std::min(M, row0 + rows), p = task % panels;
