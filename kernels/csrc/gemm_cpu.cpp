@@ -19,7 +19,7 @@ namespace {
 
 constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumulators
 constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
-constexpr int64_t kMB = 96;   // at most this many rows per block: a block's activations stay in L2
+constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows)
 
 // Everything the epilogue needs, per output channel widened to int64 lanes.
 struct Epilogue {
@@ -230,14 +230,19 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   const uint8_t* bp = packed.data_ptr<uint8_t>();
   const int32_t* cp = comp.data();
   void* op = out.data_ptr();
-  // Tasks (row block, panel), row-block major: a thread's consecutive tasks reuse its block of activations.
-  const int64_t mblocks = (M + kMB - 1) / kMB, rows = ((M + mblocks - 1) / mblocks + kMR - 1) / kMR * kMR;
-  at::parallel_for(0, mblocks * panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row0 = task / panels * rows, row1 = std::min(M, row0 + rows), p = task % panels;
-      for (int64_t row = row0; row < row1; row += kMR)
-        tile_rows(std::min(kMR, row1 - row), ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, op);
-    }
+  // Each thread takes an equal share of the micro-tiles' rows (or, with fewer tiles than threads, of the panels)
+  // and walks it in blocks of kBlockTiles tiles, each block across all its panels: a block's activations stay in
+  // L2 while a panel is reused by every tile of the block.
+  const int64_t tiles = (M + kMR - 1) / kMR, threads = at::get_num_threads();
+  const bool by_rows = tiles >= threads;
+  const int64_t units = by_rows ? tiles : panels;
+  at::parallel_for(0, units, (units + threads - 1) / threads, [&](int64_t begin, int64_t end) {
+    const int64_t t0 = by_rows ? begin : 0, t1 = by_rows ? end : tiles;
+    const int64_t p0 = by_rows ? 0 : begin, p1 = by_rows ? panels : end;
+    for (int64_t block = t0; block < t1; block += kBlockTiles)
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t t = block; t < std::min(t1, block + kBlockTiles); ++t)
+          tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, op);
   });
   return out;
 }
