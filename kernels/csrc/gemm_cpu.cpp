@@ -44,16 +44,14 @@ inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
 inline __m512i lo64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)); }
 inline __m512i hi64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1)); }
 
-// i-GELU of 16 int32 lanes, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
+// i-GELU of 16 int32 lanes already within +-32767, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
+// sign(q) multiplies the erf term only where q != 0, and where q == 0 the result is 0 whatever the erf term.
 inline __m512i gelu16(__m512i q, const Epilogue& ep) {
-  q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(-32767)), _mm512_set1_epi32(32767));
   const __m512i clip = _mm512_set1_epi32(ep.clip);
-  __m512i t = _mm512_sub_epi32(_mm512_min_epi32(_mm512_srav_epi32(_mm512_abs_epi32(q), _mm512_set1_epi32(ep.r)), clip),
-                               clip);
+  const __m512i t = _mm512_sub_epi32(
+      _mm512_min_epi32(_mm512_srav_epi32(_mm512_abs_epi32(q), _mm512_set1_epi32(ep.r)), clip), clip);
   __m512i s = _mm512_sub_epi32(_mm512_set1_epi32(ep.c), _mm512_mullo_epi32(t, t));
-  const __m512i zero = _mm512_setzero_si512();
-  s = _mm512_maskz_mov_epi32(_mm512_cmpneq_epi32_mask(q, zero), s);
-  s = _mm512_mask_sub_epi32(s, _mm512_cmplt_epi32_mask(q, zero), zero, s);
+  s = _mm512_mask_sub_epi32(s, _mm512_movepi32_mask(q), _mm512_setzero_si512(), s);  // -s where q < 0
   const __m512i erf = _mm512_srav_epi32(s, _mm512_set1_epi32(ep.k));
   return _mm512_mullo_epi32(q, _mm512_add_epi32(erf, _mm512_set1_epi32(ep.one)));
 }
@@ -218,6 +216,7 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     ep.half_res = half_of(ep.e_res);
   }
   if (gelu.numel()) {
+    TORCH_CHECK(qmax <= 32767, "linear: the i-GELU input must have at most 16 bits");
     const int64_t* g = gelu.data_ptr<int64_t>();
     ep.gelu = true;
     ep.clip = (int32_t)g[0], ep.c = (int32_t)g[1], ep.k = (int32_t)g[2], ep.one = (int32_t)g[3], ep.r = (int32_t)g[4];
