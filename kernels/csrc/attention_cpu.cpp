@@ -95,19 +95,15 @@ void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, in
     top = std::max(top, y);
   }
   const int32_t low = std::max(top, -kClip) - kClip, zmin = kMaxZ * x0;  // no int32 underflow
+  const uint64_t inv = 0xffffffffu / (uint32_t)(-x0);
   int32_t sum = 0;
   for (int64_t j = 0; j < n; ++j) {
     const int32_t d = std::max((std::max(ex[j], low) - top) >> r, zmin);
-    // z = d // x0 in [0, 30]: floor_div_small's binary search, with zx = z * x0 kept up to date (no products)
-    int32_t z = 0, zx = 0;
-#define IBERT_HALVE(step)                    \
-    {                                        \
-      const bool down = d <= zx + step * x0; \
-      z = down ? z + step : z;               \
-      zx = down ? zx + step * x0 : zx;       \
-    }
-    IBERT_HALVE(16) IBERT_HALVE(8) IBERT_HALVE(4) IBERT_HALVE(2) IBERT_HALVE(1)  // a loop here stops vectorization
-#undef IBERT_HALVE
+    // z = d // x0 in [0, 30] (floor_div_small): |d| * floor((2**32 - 1) / |x0|) / 2**32 is z or z - 1
+    int32_t z = (int32_t)(((uint64_t)(uint32_t)(-d) * inv) >> 32), zx = z * x0;
+    const bool up = d <= zx + x0;
+    z += up;
+    zx += up ? x0 : 0;
     const int32_t p = d - zx;
     ex[j] = ((p + b) * p + c) >> std::min(z + shift, 31);
     sum += ex[j];
@@ -132,7 +128,9 @@ void pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, 
       s += key[k];
     }
     ksum[i] = 128 * s;
-    for (int64_t k = 0; k < d; k += 4) std::memcpy(kp + ((k >> 2) * Sp + i) * 4, key + k, std::min<int64_t>(4, d - k));
+    int64_t k = 0;
+    for (; k + 4 <= d; k += 4) std::memcpy(kp + ((k >> 2) * Sp + i) * 4, key + k, 4);
+    for (; k < d; ++k) kp[((k >> 2) * Sp + i) * 4 + (k & 3)] = key[k];
   }
   for (int64_t i = 0; i < S; i += 4) {  // four rows of V interleaved into 32-bit words
     const uint8_t* __restrict v[4];
