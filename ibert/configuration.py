@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from kernels import BACKENDS
+
 FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
-BACKENDS = ("auto", "triton", "torch")
 
 
 class IBertConfig(PretrainedConfig):
@@ -14,8 +15,8 @@ class IBertConfig(PretrainedConfig):
     force_dequant: one of "none", "gelu", "softmax", "layernorm", "nonlinear": nonlinearities kept in float.
     act_bits, weight_bits, embedding_act_bits, ln_input_bits, gelu_input_bits, softmax_bits: bit widths
         (8, 8, 16, 22, 16, 8 as in the paper; the 16-bit GELU input is ours, see the README).
-    backend: how the integer engine runs its kernels ("auto": Triton on CUDA; on the CPU the torch reference, with
-        attention in the fused C++ kernel where it builds).
+    backend: how the integer engine runs its kernels ("auto": Triton on CUDA; on the CPU the C++ kernels where
+        they build, else the torch reference; or "triton", "torch", "cpp").
     """
 
     model_type = "ibert"

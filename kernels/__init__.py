@@ -1,11 +1,13 @@
 """Integer kernels of I-BERT: Triton kernels with exact pure-PyTorch references.
 
-Each op takes `backend="auto" | "triton" | "torch"`: auto runs Triton on CUDA tensors and the reference
-elsewhere; tests run Triton on the CPU through the interpreter (TRITON_INTERPRET=1, set before import).
+Each op takes `backend` in `BACKENDS` ("auto", "triton", "torch", "cpp"): auto runs Triton on CUDA tensors, the
+C++ kernels (`kernels/csrc`) on x86 CPUs with AVX-512 VNNI where the op has one and they build, and the torch
+reference elsewhere; tests run Triton on the CPU through the interpreter (TRITON_INTERPRET=1, set before import).
 
 This package deliberately defines no `__version__`: transformers probes for an unrelated package that is
 also imported as `kernels` (`is_kernels_available()`), and must not mistake this one for it.
 """
+from kernels._cpu import CPU_BACKENDS as BACKENDS
 from kernels._utils import set_compile
 from kernels.attention import attention
 from kernels.gelu import gelu, gelu_params
@@ -16,5 +18,5 @@ from kernels.softmax import softmax, softmax_params
 
 __all__ = [
     "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "attention", "gelu", "gelu_params",
-    "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile",
+    "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile", "BACKENDS",
 ]

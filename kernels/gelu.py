@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._cpu import resolve_cpu_backend
 from kernels._utils import (
-    check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax, resolve_backend,
+    check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax,
 )
 from kernels.requant import requant_epilogue, requantize_reference
 from kernels.tuning import launch_config
@@ -134,7 +135,7 @@ def gelu(
         check_bits(bits)
         check_multiplier(m, e, 1)
     check_same_device(x=x, params=params, m=m, e=e)
-    if resolve_backend(backend, x) == "torch":
+    if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _gelu_torch(x, params, m, e, bits)
     if not x.is_contiguous():
         raise ValueError("the Triton gelu needs a contiguous x")

@@ -23,7 +23,6 @@ from kernels._utils import (
     maybe_compiled,
     out_dtype,
     qmax,
-    resolve_backend,
     rshift_round,
 )
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
@@ -314,7 +313,7 @@ def int8_bmm(
         raise ValueError(f"shapes do not match: a is {tuple(a.shape)} [B, M, K], b is {tuple(b.shape)} [B, N, K]")
     _check_epilogue(1, None, m, e, bits, None, None, None, None)
     check_same_device(a=a, b=b, m=m, e=e)
-    if resolve_backend(backend, a) == "torch":
+    if resolve_cpu_backend(backend, a) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _epilogue_torch(*_bmm_reference(a, b), m, e, bits, None, None, None)
     return _gemm_triton(a, b, None, m, e, bits, None, None, None, config)
 

@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._cpu import resolve_cpu_backend
 from kernels._utils import (
     check_bits,
     check_multiplier,
@@ -17,7 +18,6 @@ from kernels._utils import (
     maybe_compiled,
     out_dtype,
     qmax,
-    resolve_backend,
     rshift_round,
     rshift_round_reference,
 )
@@ -139,7 +139,7 @@ def requantize(
             raise ValueError("residual needs its multiplier m_res and shift e_res")
         check_multiplier(m_res, e_res, 1)
     check_same_device(x=x, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
-    if resolve_backend(backend, x) == "torch":
+    if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _requantize_torch(x, m, e, bits, residual, m_res, e_res)
     if not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
         raise ValueError("the Triton requantize needs contiguous x and residual")

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled, resolve_backend
+from kernels._cpu import resolve_cpu_backend
+from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled
 from kernels.tuning import launch_config
 
 EXP_COEF = (0.35815147, 0.96963238, 1.0)  # exp(p) ~= c0 p^2 + c1 p + c2 on (-ln2, 0]
@@ -163,7 +164,7 @@ def softmax(
         if tuple(mask.shape) != (x.shape[0], S):
             raise ValueError(f"mask must be [B, S] = {(x.shape[0], S)}, got {tuple(mask.shape)}")
     check_same_device(x=x, params=params, mask=mask)
-    if resolve_backend(backend, x) == "torch":
+    if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _softmax_torch(x, params, mask, out_bits)
     x = x.contiguous()
     y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)

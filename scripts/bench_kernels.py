@@ -1,7 +1,8 @@
 """Per-op benchmark: each integer op against the float op it replaces, at BERT-base/large shapes.
 
-CPU: the torch backend (compiled integer epilogues; attention: the fused C++ kernel) vs fp32/bf16 (attention:
-fp32 `scaled_dot_product_attention`). GPU: Triton vs torch._int_mm vs fp16.
+CPU: "auto" (the C++ kernels where they build; gelu, softmax: the torch backend with compiled integer code) vs
+fp32/bf16 and oneDNN's int8 `torch._int_mm` (attention: fp32 `scaled_dot_product_attention`). GPU: Triton vs
+torch._int_mm vs fp16.
     python scripts/bench_kernels.py [--device cuda] [--quick]
 Prints markdown tables and appends every figure to benchmarks/results.csv.
 """

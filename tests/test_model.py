@@ -204,14 +204,16 @@ def test_no_float_op_between_embedding_lookup_and_head():
     assert rec.float_ops
 
 
-def test_integer_engine_triton_equals_torch():
-    model = calibrated("IBertModel")
-    torch_engine = convert_to_integer(model)
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=pytest.mark.skipif(
+    not cpp_available(), reason="the C++ kernels need x86 AVX-512 VNNI and g++"))])
+def test_integer_engine_backend_equals_torch(backend):
+    engine = convert_to_integer(calibrated("IBertModel"))
     ids, mask = batch(3)
     args = (ids, mask, torch.zeros_like(ids), ibert.modeling.position_ids_from_input_ids(ids, 1))
-    expected = torch_engine.encode(*args)
-    torch_engine.config.backend = "triton"
-    assert torch.equal(torch_engine.encode(*args), expected)
+    engine.config.backend = "torch"
+    expected = engine.encode(*args)
+    engine.config.backend = backend
+    assert torch.equal(engine.encode(*args), expected)
 
 
 def test_integer_engine_save_load_roundtrip(tmp_path):
