@@ -26,9 +26,9 @@ inline int64_t isqrt(int64_t n) {
   return x;
 }
 
-inline __mmask8 lanes(int64_t left) { return left >= 8 ? 0xff : (__mmask8)((1u << left) - 1); }
+inline __mmask8 lanes(int64_t left) { return left >= 8 ? 0xff : left <= 0 ? 0 : (__mmask8)((1u << left) - 1); }
 
-// One row, eight int64 lanes at a time. y: scratch [N] int64.
+// One row, eight int64 lanes at a time. y: scratch [N + 16] int64.
 template <bool kInt8Out>
 void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const int64_t* __restrict m,
                    const int64_t* __restrict e, const int64_t* __restrict beta_half, int64_t qmax, int64_t* __restrict y,
@@ -56,16 +56,21 @@ void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const in
   const int64_t eps_row = sh >= 0 ? eps >> std::min(2 * sh, 62) : std::min(eps, (int64_t(1) << 61) >> -2 * sh) << -2 * sh;
   const __m512i inv = _mm512_set1_epi64((int64_t(1) << 30) / isqrt(std::max<int64_t>(var + eps_row, 1)));
   const __m512i shift = _mm512_set1_epi64(sh + 30 - kNormBits), lo = _mm512_set1_epi64(-qmax), hi = _mm512_set1_epi64(qmax);
-  for (int64_t j = 0; j < N; j += 8) {
+  const auto finish = [&](int64_t j) {  // eight output lanes from y[j ...], as int64
     const __mmask8 k = lanes(N - j);
     const __m512i norm = _mm512_srav_epi64(_mm512_mullo_epi64(_mm512_loadu_si512(y + j), inv), shift);
-    __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(norm, _mm512_maskz_loadu_epi64(k, m + j)),
-                                 _mm512_maskz_loadu_epi64(k, beta_half + j));
-    v = _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(v, _mm512_maskz_loadu_epi64(k, e + j)), lo), hi);
+    const __m512i v = _mm512_add_epi64(_mm512_mullo_epi64(norm, _mm512_maskz_loadu_epi64(k, m + j)),
+                                       _mm512_maskz_loadu_epi64(k, beta_half + j));
+    return _mm512_min_epi64(_mm512_max_epi64(_mm512_srav_epi64(v, _mm512_maskz_loadu_epi64(k, e + j)), lo), hi);
+  };
+  for (int64_t j = 0; j < N; j += 16) {  // narrowed in registers: masked vpmov* stores to memory are slow
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(finish(j))),
+                                         _mm512_cvtepi64_epi32(finish(j + 8)), 1);
+    const __mmask16 k = N - j >= 16 ? 0xffff : (__mmask16)((1u << (N - j)) - 1);
     if constexpr (kInt8Out) {
-      _mm512_mask_cvtepi64_storeu_epi8(static_cast<int8_t*>(out) + j, k, v);
+      _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + j, k, _mm512_cvtepi32_epi8(v));
     } else {
-      _mm512_mask_cvtepi64_storeu_epi32(static_cast<int32_t*>(out) + j, k, v);
+      _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + j, k, v);
     }
   }
 }
@@ -80,7 +85,7 @@ torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t,
   const int64_t R = x.size(0), N = x.size(1), eps = eps_t.data_ptr<int64_t>()[0];
   const int64_t qmax = (int64_t(1) << (out_bits - 1)) - 1;
   auto out = torch::empty({R, N}, x.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
-  std::vector<int64_t> m(N), e(N), beta_half(N);
+  std::vector<int64_t> m(N + 16), e(N + 16), beta_half(N + 16);
   for (int64_t j = 0; j < N; ++j) {
     m[j] = m_t.data_ptr<int32_t>()[j];
     e[j] = e_t.data_ptr<int32_t>()[j];
@@ -90,7 +95,7 @@ torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t,
   void* dst = out.data_ptr();
   const bool int8_out = out_bits <= 8;
   at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> y(N + 8);
+    std::vector<int64_t> y(N + 16);
     for (int64_t r = begin; r < end; ++r) {
       if (int8_out) {
         normalize_row<true>(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
