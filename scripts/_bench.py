@@ -48,6 +48,27 @@ def measure(fn: Callable[[], object], device: str, repeats: int = 10, warmup: in
     return statistics.median(times)
 
 
+
+def paired(base: Callable[[], object], new: Callable[[], object], device: str, pairs: int = 7,
+           warmup: int = 1) -> dict[str, float]:
+    """`base` and `new` run back to back `pairs` times: the median of each one's times (ms) and the median, min
+    and max of the per-pair ratios base / new. On a machine whose speed drifts (a shared host), a pair sees one
+    set of conditions, where two separately measured medians may not."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        base(), new()
+    sync()
+    tb, tn = [], []
+    for _ in range(pairs):
+        for fn, times in ((base, tb), (new, tn)):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t) * 1000)
+    ratios = [b / n for b, n in zip(tb, tn)]
+    return {"base ms": statistics.median(tb), "new ms": statistics.median(tn), "ratio": statistics.median(ratios),
+            "min": min(ratios), "max": max(ratios)}
+
 def append_rows(rows: list[dict], path: Path = RESULTS_CSV) -> None:
     """Append result rows (keys from FIELDS) with the time and commit filled in."""
     path.parent.mkdir(parents=True, exist_ok=True)

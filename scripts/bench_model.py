@@ -2,8 +2,9 @@
 
     python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train] [--profile]
 Prints: forward times of our fp32, transformers' IBert fp32 and quant_mode=True, our fake-quant, our integer
-engine, with ratios to our fp32; a training step fp32 vs fake-quant; the paper's latency grid
-(sequence 128/256 x batch 1/2/4/8), fp32 vs integer engine. Figures are appended to benchmarks/results.csv.
+engine, with ratios to our fp32; the fp32 / engine ratio again over back-to-back pairs (robust to a host whose
+speed drifts); a training step fp32 vs fake-quant; the paper's latency grid (sequence 128/256 x batch 1/2/4/8),
+fp32 vs integer engine, also in pairs. Figures are appended to benchmarks/results.csv.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import transformers
 
 import ibert
 import kernels
-from _bench import append_rows, device_name, measure, print_table
+from _bench import append_rows, device_name, measure, paired, print_table
 from ibert.engine import convert_to_integer
 
 
@@ -84,6 +85,13 @@ def main() -> None:
     append_rows([{"device": dev_name, "benchmark": "model-forward", "case": case, "impl": r["path"], "ms": r["ms"],
                   "speedup": f"{base / times[r['path']]:.3f}"} for r in rows])
     print_table(f"forward, {case}, {args.layers} layers ({dev_name})", rows, ["path", "ms", "fp32 time / this"])
+    with torch.no_grad():
+        pr = paired(lambda: ours_fp32(**inputs), lambda: engine(**inputs), dev)
+    append_rows([{"device": dev_name, "benchmark": "model-forward-paired", "case": case, "impl": "ours integer engine",
+                  "ms": f"{pr['new ms']:.1f}", "speedup": f"{pr['ratio']:.3f}",
+                  "note": f"fp32 {pr['base ms']:.1f} ms; pair ratios {pr['min']:.2f}-{pr['max']:.2f}"}])
+    print(f"\nfp32 / integer engine over 7 back-to-back pairs: median {pr['ratio']:.2f}x "
+          f"(pairs {pr['min']:.2f}x-{pr['max']:.2f}x; fp32 {pr['base ms']:.1f} ms, engine {pr['new ms']:.1f} ms)")
 
     if args.profile:
         with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -122,10 +130,10 @@ def main() -> None:
             for b in (1, 2, 4, 8):
                 x = make_inputs(b, seq, dev)
                 with torch.no_grad():
-                    t32 = measure(lambda: ours_fp32(**x), dev, repeats=5)
-                    tint = measure(lambda: engine(**x), dev, repeats=5)
+                    pr = paired(lambda: ours_fp32(**x), lambda: engine(**x), dev, pairs=5)
+                t32, tint = pr["base ms"], pr["new ms"]
                 grid.append({"seq": seq, "batch": b, "fp32 ms": f"{t32:.1f}", "integer ms": f"{tint:.1f}",
-                             "speedup": f"{t32 / tint:.2f}x"})
+                             "speedup": f"{pr['ratio']:.2f}x", "pairs": f"{pr['min']:.2f}-{pr['max']:.2f}x"})
                 append_rows([{"device": dev_name, "benchmark": "latency-grid", "case": f"batch {b} x seq {seq}",
                               "impl": impl, "ms": f"{t:.2f}", "speedup": f"{t32 / t:.3f}"}
                              for impl, t in (("fp32", t32), ("integer engine", tint))])
