@@ -1,6 +1,6 @@
 """Fake-quantization modules (quantization-aware training) whose eval-mode values are exactly the integers
-the integer engine computes: every integer step calls the `kernels` op (backend "auto": Triton on CUDA, the torch reference otherwise)
-on recovered integers.
+the integer engine computes: every integer step calls the `kernels` op on recovered integers (backend "auto":
+Triton on CUDA; on the CPU the C++ kernel where the op has one, else the torch reference).
 
 Tensors travel as `(x, scale)`: in quant mode `x` is float holding `integer * scale`, and `scale` is a
 float tensor of one element or one per channel (last dimension); in float mode `scale` is None.
