@@ -3,6 +3,7 @@ in-register requantization, i-LayerNorm. Built with `torch.utils.cpp_extension` 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import platform
 import warnings
@@ -13,7 +14,8 @@ import torch
 from kernels._utils import BACKENDS, resolve_backend
 
 log = logging.getLogger(__name__)
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp"))
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = tuple(CSRC / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp"))
 CPU_BACKENDS = (*BACKENDS, "cpp")
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 
@@ -35,9 +37,11 @@ def cpp_extension():
         from torch.utils.cpp_extension import load
 
         log.info("building (or loading the cached build of) the C++ CPU kernels: ~1 min the first time")
+        # torch rebuilds when the sources or flags change, not the headers: their digest goes into the flags
+        headers = hashlib.sha1(b"".join(h.read_bytes() for h in sorted(CSRC.glob("*.h")))).hexdigest()[:16]
         return load(name="ibert_cpu", sources=[str(s) for s in SOURCES], verbose=False,
                     extra_cflags=["-O3", "-fwrapv", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                                  "-mavx512vnni"],
+                                  "-mavx512vnni", f"-DIBERT_HEADERS={headers}"],
                     extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no headers: the references still run
         warnings.warn(f"the C++ CPU kernels could not be built, using the torch references: {exc}")
