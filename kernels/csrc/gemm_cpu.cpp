@@ -62,14 +62,26 @@ inline __m512i narrow_clamp(__m512i lo, __m512i hi, int64_t qmax) {
   return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32((int32_t)-qmax)), _mm512_set1_epi32((int32_t)qmax));
 }
 
-// Requantize 16 accumulators (columns n .. n + 15 of one row) and store the `valid` first ones.
-inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, int valid, const Epilogue& ep, void* out) {
-  const __mmask16 keep = valid >= 16 ? 0xffff : (__mmask16)((1u << valid) - 1);
-  if (ep.bias) acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(keep, ep.bias + n));
-  __m512i lo = rshift_round(lo64(acc), _mm512_loadu_si512(ep.m + n), _mm512_loadu_si512(ep.half + n),
-                            _mm512_loadu_si512(ep.e + n));
-  __m512i hi = rshift_round(hi64(acc), _mm512_loadu_si512(ep.m + n + 8), _mm512_loadu_si512(ep.half + n + 8),
-                            _mm512_loadu_si512(ep.e + n + 8));
+// One 16-channel column's epilogue constants, loaded once for all the rows of a tile.
+struct Column {
+  __mmask16 keep;  // the channels < N
+  __m512i bias, m_lo, m_hi, half_lo, half_hi, e_lo, e_hi;
+};
+
+inline Column column(int64_t n, int64_t N, const Epilogue& ep) {
+  const __mmask16 keep = N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
+  return {keep, ep.bias ? _mm512_maskz_loadu_epi32(keep, ep.bias + n) : _mm512_setzero_si512(),
+          _mm512_loadu_si512(ep.m + n), _mm512_loadu_si512(ep.m + n + 8), _mm512_loadu_si512(ep.half + n),
+          _mm512_loadu_si512(ep.half + n + 8), _mm512_loadu_si512(ep.e + n), _mm512_loadu_si512(ep.e + n + 8)};
+}
+
+// Requantize 16 accumulators (channels n .. n + 15 of one row) and store those below N.
+inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, const Column& col, const Epilogue& ep,
+                       void* out) {
+  const __mmask16 keep = col.keep;
+  acc = _mm512_add_epi32(acc, col.bias);
+  __m512i lo = rshift_round(lo64(acc), col.m_lo, col.half_lo, col.e_lo);
+  __m512i hi = rshift_round(hi64(acc), col.m_hi, col.half_hi, col.e_hi);
   const int64_t at = row * N + n;
   if (ep.res) {
     const __m512i r = ep.res_int32 ? _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at)
@@ -132,9 +144,10 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t*
   }
   IBERT_ROWS(IBERT_STORE)
   const Epilogue local = ep;  // a local copy: `ep` would be read again after every (aliasing) int8 store
-  for (int r = 0; r < R; ++r)
-    for (int64_t n = n0; n < std::min(N, n0 + kNR); n += 16)
-      epilogue16(_mm512_load_si512(tile[r] + (n - n0)), row + r, n, N, (int)std::min<int64_t>(16, N - n), local, out);
+  for (int64_t n = n0; n < std::min(N, n0 + kNR); n += 16) {
+    const Column col = column(n, N, local);
+    for (int r = 0; r < R; ++r) epilogue16(_mm512_load_si512(tile[r] + (n - n0)), row + r, n, N, col, local, out);
+  }
 }
 #undef IBERT_DECLARE
 #undef IBERT_STEP
