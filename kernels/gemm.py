@@ -202,7 +202,8 @@ _PACKED: dict[int, tuple[int, torch.Tensor]] = {}  # id(weight) -> (weight._vers
 
 def _packed_weight(b: torch.Tensor) -> torch.Tensor:
     """`b` [N, K] int8 in the C++ kernel's layout (panels of 64 channels, `b + 128` as uint8), made on a weight's
-    first use and kept while it lives; made again if it is modified in place."""
+    first use and kept while it lives; made again if it is modified in place (writes through `.data` bump no
+    version counter and are not seen: assign a new tensor instead)."""
     hit = _PACKED.get(id(b))
     if hit is not None and hit[0] == b._version:
         return hit[1]
