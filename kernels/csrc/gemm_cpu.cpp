@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -21,12 +22,12 @@ constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumul
 constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
 constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows)
 
-// Everything the epilogue needs, per output channel widened to int64 lanes.
+// Everything the epilogue needs. The requantization runs in int64 lanes on the even and the odd int32 lanes
+// apart (vpmuldq multiplies the low halves of int64 lanes), which needs no lane shuffles.
 struct Epilogue {
   const int32_t* bias;        // [N], or null
-  const int64_t* m;           // [Np] multiplier
-  const int64_t* half;        // [Np] (1 << e) >> 1
-  const int64_t* e;           // [Np] shift
+  const int32_t* m;           // [Np] multiplier
+  const int32_t* e;           // [Np] shift
   int64_t qmax;
   bool out_int32;             // else int8
   const void* res = nullptr;  // [M, N] int8 or int32 residual
@@ -37,12 +38,25 @@ struct Epilogue {
   int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
 };
 
+// (x * m + half) >> e in int64 lanes, x and m the low int32 halves of the lanes.
 inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
   return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
 }
 
-inline __m512i lo64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x)); }
-inline __m512i hi64(__m512i x) { return _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1)); }
+inline __m512i odd_lanes(__m512i x) { return _mm512_srli_epi64(x, 32); }
+
+// The channels n .. n + 15 that are below N.
+inline __mmask16 below(int64_t n, int64_t N) {
+  return n >= N ? 0 : N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
+}
+
+// The even and odd lanes' int64 results, clamped to +-qmax, back in 16 int32 lanes.
+inline __m512i join_clamp(__m512i even, __m512i odd, int64_t qmax) {
+  const __m512i hi = _mm512_set1_epi64(qmax), lo = _mm512_set1_epi64(-qmax);
+  even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
+  odd = _mm512_min_epi64(_mm512_max_epi64(odd, lo), hi);
+  return _mm512_mask_mov_epi32(even, 0xaaaa, _mm512_slli_epi64(odd, 32));
+}
 
 // i-GELU of 16 int32 lanes already within +-32767, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
 // sign(q) multiplies the erf term only where q != 0, and where q == 0 the result is 0 whatever the erf term.
@@ -56,49 +70,44 @@ inline __m512i gelu16(__m512i q, const Epilogue& ep) {
   return _mm512_mullo_epi32(q, _mm512_add_epi32(erf, _mm512_set1_epi32(ep.one)));
 }
 
-// Two int64 halves (lanes 0-7, 8-15) -> 16 int32 lanes clamped to +-qmax (qmax < 2**31: saturating first is exact).
-inline __m512i narrow_clamp(__m512i lo, __m512i hi, int64_t qmax) {
-  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtsepi64_epi32(lo)), _mm512_cvtsepi64_epi32(hi), 1);
-  return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32((int32_t)-qmax)), _mm512_set1_epi32((int32_t)qmax));
-}
-
-// One 16-channel column's epilogue constants, loaded once for all the rows of a tile.
+// One 16-channel column's requantization constants (even and odd lanes), loaded once for all the rows of a tile.
 struct Column {
   __mmask16 keep;  // the channels < N
-  __m512i bias, m_lo, m_hi, half_lo, half_hi, e_lo, e_hi;
+  __m512i m_even, m_odd, half_even, half_odd, e_even, e_odd;
 };
 
 inline Column column(int64_t n, int64_t N, const Epilogue& ep) {
-  const __mmask16 keep = N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
-  return {keep, ep.bias ? _mm512_maskz_loadu_epi32(keep, ep.bias + n) : _mm512_setzero_si512(),
-          _mm512_loadu_si512(ep.m + n), _mm512_loadu_si512(ep.m + n + 8), _mm512_loadu_si512(ep.half + n),
-          _mm512_loadu_si512(ep.half + n + 8), _mm512_loadu_si512(ep.e + n), _mm512_loadu_si512(ep.e + n + 8)};
+  const __mmask16 keep = below(n, N);
+  const __m512i m = _mm512_loadu_si512(ep.m + n), e = _mm512_loadu_si512(ep.e + n);
+  const __m512i e_even = _mm512_and_si512(e, _mm512_set1_epi64(0xffffffff)), e_odd = odd_lanes(e);
+  const __m512i one = _mm512_set1_epi64(1);  // half = (1 << e) >> 1
+  return {keep, m, odd_lanes(m), _mm512_srli_epi64(_mm512_sllv_epi64(one, e_even), 1),
+          _mm512_srli_epi64(_mm512_sllv_epi64(one, e_odd), 1), e_even, e_odd};
 }
 
-// Requantize 16 accumulators (channels n .. n + 15 of one row) and store those below N.
+// Requantize 16 accumulators (channels n .. n + 15 of one row, the bias added) and store those below N.
 inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, const Column& col, const Epilogue& ep,
                        void* out) {
   const __mmask16 keep = col.keep;
-  acc = _mm512_add_epi32(acc, col.bias);
-  __m512i lo = rshift_round(lo64(acc), col.m_lo, col.half_lo, col.e_lo);
-  __m512i hi = rshift_round(hi64(acc), col.m_hi, col.half_hi, col.e_hi);
+  __m512i even = rshift_round(acc, col.m_even, col.half_even, col.e_even);
+  __m512i odd = rshift_round(odd_lanes(acc), col.m_odd, col.half_odd, col.e_odd);
   const int64_t at = row * N + n;
   if (ep.res) {
     const __m512i r = ep.res_int32 ? _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at)
                                    : _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, static_cast<const int8_t*>(ep.res) + at));
     const __m512i m = _mm512_set1_epi64(ep.m_res), half = _mm512_set1_epi64(ep.half_res), e = _mm512_set1_epi64(ep.e_res);
-    lo = _mm512_add_epi64(lo, rshift_round(lo64(r), m, half, e));
-    hi = _mm512_add_epi64(hi, rshift_round(hi64(r), m, half, e));
+    even = _mm512_add_epi64(even, rshift_round(r, m, half, e));
+    odd = _mm512_add_epi64(odd, rshift_round(odd_lanes(r), m, half, e));
   }
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
-    const __m512i g = gelu16(narrow_clamp(lo, hi, qmax), ep);
+    const __m512i g = gelu16(join_clamp(even, odd, qmax), ep);
     const __m512i m = _mm512_set1_epi64(ep.m2), half = _mm512_set1_epi64(ep.half2), e = _mm512_set1_epi64(ep.e2);
-    lo = rshift_round(lo64(g), m, half, e);
-    hi = rshift_round(hi64(g), m, half, e);
+    even = rshift_round(g, m, half, e);
+    odd = rshift_round(odd_lanes(g), m, half, e);
     qmax = ep.qmax2;
   }
-  const __m512i v = narrow_clamp(lo, hi, qmax);
+  const __m512i v = join_clamp(even, odd, qmax);
   if (ep.out_int32) {
     _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + at, keep, v);
   } else {
@@ -113,8 +122,15 @@ template <int R>
 void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* comp, int64_t row, int64_t n0,
                 int64_t N, const Epilogue& ep, void* out) {
   static_assert(R >= 1 && R <= kMR, "rows per micro-tile");
-#define IBERT_DECLARE(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, \
-                                 c##r##3 = c##r##0;
+  // The accumulators start at bias - 128 rowsum(a).
+  __m512i bias[4];
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j;
+    bias[j] = ep.bias ? _mm512_maskz_loadu_epi32(below(n, N), ep.bias + n) : _mm512_setzero_si512();
+  }
+#define IBERT_DECLARE(r) const __m512i comp##r = _mm512_set1_epi32(R > r ? comp[row + r] : 0);                  \
+  __m512i c##r##0 = _mm512_sub_epi32(bias[0], comp##r), c##r##1 = _mm512_sub_epi32(bias[1], comp##r), \
+          c##r##2 = _mm512_sub_epi32(bias[2], comp##r), c##r##3 = _mm512_sub_epi32(bias[3], comp##r);
   IBERT_ROWS(IBERT_DECLARE)
   const int8_t* arow = a + row * K;
   for (int64_t g = 0; g < K / 4; ++g) {
@@ -134,13 +150,12 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t*
     IBERT_ROWS(IBERT_STEP)
   }
   alignas(64) int32_t tile[R][kNR];  // the epilogue reads the accumulators back from L1
-#define IBERT_STORE(r)                                                                   \
-  if constexpr (R > r) {                                                                 \
-    const __m512i c = _mm512_set1_epi32(comp[row + r]);                                  \
-    _mm512_store_si512(tile[r], _mm512_sub_epi32(c##r##0, c));                           \
-    _mm512_store_si512(tile[r] + 16, _mm512_sub_epi32(c##r##1, c));                      \
-    _mm512_store_si512(tile[r] + 32, _mm512_sub_epi32(c##r##2, c));                      \
-    _mm512_store_si512(tile[r] + 48, _mm512_sub_epi32(c##r##3, c));                      \
+#define IBERT_STORE(r)                           \
+  if constexpr (R > r) {                         \
+    _mm512_store_si512(tile[r], c##r##0);        \
+    _mm512_store_si512(tile[r] + 16, c##r##1);   \
+    _mm512_store_si512(tile[r] + 32, c##r##2);   \
+    _mm512_store_si512(tile[r] + 48, c##r##3);   \
   }
   IBERT_ROWS(IBERT_STORE)
   const Epilogue local = ep;  // a local copy: `ep` would be read again after every (aliasing) int8 store
@@ -182,8 +197,8 @@ void row_compensation(const int8_t* a, int64_t M, int64_t K, int32_t* comp) {
   });
 }
 
-std::vector<int64_t> widen(const torch::Tensor& x, int64_t n, int64_t np) {
-  std::vector<int64_t> out(np, 0);
+std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) {
+  std::vector<int32_t> out(np, 0);
   const int32_t* p = x.data_ptr<int32_t>();
   for (int64_t i = 0; i < n; ++i) out[i] = p[x.numel() == 1 ? 0 : i];
   return out;
@@ -218,9 +233,8 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
   std::vector<int32_t> comp(M);
   row_compensation(a.data_ptr<int8_t>(), M, K, comp.data());
-  std::vector<int64_t> mw = widen(m, N, Np), ew = widen(e, N, Np), half(Np);
-  for (int64_t i = 0; i < Np; ++i) half[i] = half_of(ew[i]);
-  Epilogue ep{bias.numel() ? bias.data_ptr<int32_t>() : nullptr, mw.data(), half.data(), ew.data(), qmax, out_bits > 8};
+  const std::vector<int32_t> mc = per_channel(m, N, Np), ec = per_channel(e, N, Np);
+  Epilogue ep{bias.numel() ? bias.data_ptr<int32_t>() : nullptr, mc.data(), ec.data(), qmax, out_bits > 8};
   if (residual.numel()) {
     ep.res = residual.data_ptr();
     ep.res_int32 = residual.scalar_type() == torch::kInt32;
@@ -242,19 +256,18 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   const uint8_t* bp = packed.data_ptr<uint8_t>();
   const int32_t* cp = comp.data();
   void* op = out.data_ptr();
-  // Each thread takes an equal share of the micro-tiles' rows (or, with fewer tiles than threads, of the panels)
-  // and walks it in blocks of kBlockTiles tiles, each block across all its panels: a block's activations stay in
-  // L2 while a panel is reused by every tile of the block.
-  const int64_t tiles = (M + kMR - 1) / kMR, threads = at::get_num_threads();
-  const bool by_rows = tiles >= threads;
-  const int64_t units = by_rows ? tiles : panels;
-  at::parallel_for(0, units, (units + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-    const int64_t t0 = by_rows ? begin : 0, t1 = by_rows ? end : tiles;
-    const int64_t p0 = by_rows ? 0 : begin, p1 = by_rows ? panels : end;
-    for (int64_t block = t0; block < t1; block += kBlockTiles)
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t t = block; t < std::min(t1, block + kBlockTiles); ++t)
-          tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, op);
+  // The work is a list of (block of kBlockTiles micro-tiles' rows, panel) units, a block's panels in a row: the
+  // threads take the next unit as they finish one, so a slower core gets less of it. A block's activations stay
+  // in the L2 of each thread that works on it; a panel is reused by every tile of the block.
+  const int64_t tiles = (M + kMR - 1) / kMR, blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
+  const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t u = next++; u < units; u = next++) {
+      const int64_t block = u / panels, p = u % panels;
+      for (int64_t t = block * kBlockTiles; t < std::min(tiles, (block + 1) * kBlockTiles); ++t)
+        tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, op);
+    }
   });
   return out;
 }
