@@ -4,7 +4,7 @@
 // The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
 // P V takes the 0..255 probabilities as they are.
 #include "ops.h"
-#include "vnni.h"
+#include "simd.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -116,40 +116,50 @@ void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, in
 // K packed [dp/4][Sp][4], V packed [Sp/4][dp][4] (padding 0), and 128 rowsum(K) [S].
 void pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, int64_t d, int64_t Sp, int64_t dp,
                uint8_t* __restrict q, int8_t* __restrict kp, int8_t* __restrict vp, int32_t* __restrict ksum) {
-  std::memset(q, 128, Sp * dp);
+  const __m512i sign = _mm512_set1_epi8((char)0x80), ones = _mm512_set1_epi8(1);
   std::memset(kp, 0, Sp * dp);
-  std::memset(vp, 0, Sp * dp);
-  for (int64_t i = 0; i < S; ++i) {
-    const int8_t* __restrict x = qrow + i * ld;
-    const int8_t* __restrict key = x + H;
-    int32_t s = 0;
-    for (int64_t k = 0; k < d; ++k) {
-      q[i * dp + k] = (uint8_t)(x[k] ^ 0x80);
-      s += key[k];
+  for (int64_t i = 0; i < Sp; ++i) {
+    for (int64_t k = 0; k < dp; k += 64) {  // rows and columns past the head's are 0 (q: 128)
+      const __mmask64 in = i < S ? (d - k >= 64 ? ~0ull : d > k ? ~0ull >> (64 - (d - k)) : 0) : 0;
+      const __mmask64 keep = dp - k >= 64 ? ~0ull : ~0ull >> (64 - (dp - k));
+      _mm512_mask_storeu_epi8(q + i * dp + k, keep, _mm512_xor_si512(_mm512_maskz_loadu_epi8(in, qrow + i * ld + k), sign));
     }
-    ksum[i] = 128 * s;
+    if (i >= S) continue;
+    const int8_t* __restrict key = qrow + i * ld + H;
+    __m512i s = _mm512_setzero_si512();
+    for (int64_t k = 0; k < d; k += 64)
+      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(d - k >= 64 ? ~0ull : ~0ull >> (64 - (d - k)), key + k));
+    ksum[i] = 128 * _mm512_reduce_add_epi32(s);
     int64_t k = 0;
     for (; k + 4 <= d; k += 4) std::memcpy(kp + ((k >> 2) * Sp + i) * 4, key + k, 4);
     for (; k < d; ++k) kp[((k >> 2) * Sp + i) * 4 + (k & 3)] = key[k];
   }
-  for (int64_t i = 0; i < S; i += 4) {  // four rows of V interleaved into 32-bit words
-    const uint8_t* __restrict v[4];
-    for (int t = 0; t < 4; ++t) v[t] = i + t < S ? (const uint8_t*)(qrow + (i + t) * ld + 2 * H) : q;
-    const uint32_t pad = i + 3 < S ? 0xffffffffu : (1u << 8 * (S - i)) - 1;  // rows past S count as zero
-    uint32_t* __restrict dst = reinterpret_cast<uint32_t*>(vp + (i >> 2) * dp * 4);
-    for (int64_t k = 0; k < d; ++k)
-      dst[k] = (v[0][k] | v[1][k] << 8 | v[2][k] << 16 | (uint32_t)v[3][k] << 24) & pad;
+  // V: four rows interleaved byte by byte into 32-bit words, 16 columns at a time (rows past S are 0)
+  for (int64_t i = 0; i < Sp; i += 4) {
+    __m128i* __restrict dst = reinterpret_cast<__m128i*>(vp + i * dp);
+    for (int64_t k = 0; k < dp; k += 16) {
+      __m128i r[4];
+      for (int t = 0; t < 4; ++t)
+        r[t] = _mm_maskz_loadu_epi8(i + t < S ? below(k, d) : 0, qrow + (i + t) * ld + 2 * H + k);
+      const __m128i lo01 = _mm_unpacklo_epi8(r[0], r[1]), hi01 = _mm_unpackhi_epi8(r[0], r[1]);
+      const __m128i lo23 = _mm_unpacklo_epi8(r[2], r[3]), hi23 = _mm_unpackhi_epi8(r[2], r[3]);
+      _mm_storeu_si128(dst + k / 4, _mm_unpacklo_epi16(lo01, lo23));
+      _mm_storeu_si128(dst + k / 4 + 1, _mm_unpackhi_epi16(lo01, lo23));
+      _mm_storeu_si128(dst + k / 4 + 2, _mm_unpacklo_epi16(hi01, hi23));
+      _mm_storeu_si128(dst + k / 4 + 3, _mm_unpackhi_epi16(hi01, hi23));
+    }
   }
 }
 
 // round(acc * m / 2**e) clamped to +-qmax, for one head's [S, d] context (row strides dp in, H out).
 void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_t dp, int64_t m, int64_t e,
                      int64_t qmax, int8_t* __restrict out, int64_t H) {
-  const int64_t half = e > 0 ? int64_t(1) << (e - 1) : 0;
+  const __m512i mv = _mm512_set1_epi64(m), half = _mm512_set1_epi64(half_of(e)), ev = _mm512_set1_epi64(e);
   for (int64_t i = 0; i < S; ++i)
-    for (int64_t k = 0; k < d; ++k) {
-      const int64_t y = ((int64_t)acc[i * dp + k] * m + half) >> e;
-      out[i * H + k] = (int8_t)std::min(std::max(y, -qmax), qmax);
+    for (int64_t k = 0; k < d; k += 16) {
+      const __m512i x = _mm512_loadu_si512(acc + i * dp + k);
+      const __m512i v = join_clamp(rshift_round(x, mv, half, ev), rshift_round(odd_lanes(x), mv, half, ev), qmax);
+      _mm_mask_storeu_epi8(out + i * H + k, below(k, d), _mm512_cvtepi32_epi8(v));
     }
 }
 

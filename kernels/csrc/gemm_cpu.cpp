@@ -4,7 +4,7 @@
 // vpdpbusd multiplies uint8 by int8, so the weights are stored once as w + 128 (uint8, packed in panels of 64
 // output channels) and the activations are read as they are: a . (w + 128) = a . w + 128 rowsum(a).
 #include "ops.h"
-#include "vnni.h"
+#include "simd.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -22,8 +22,7 @@ constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumul
 constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
 constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows)
 
-// Everything the epilogue needs. The requantization runs in int64 lanes on the even and the odd int32 lanes
-// apart (vpmuldq multiplies the low halves of int64 lanes), which needs no lane shuffles.
+// Everything the epilogue needs.
 struct Epilogue {
   const int32_t* bias;        // [N], or null
   const int32_t* m;           // [Np] multiplier
@@ -37,26 +36,6 @@ struct Epilogue {
   int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
   int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
 };
-
-// (x * m + half) >> e in int64 lanes, x and m the low int32 halves of the lanes.
-inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
-  return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
-}
-
-inline __m512i odd_lanes(__m512i x) { return _mm512_srli_epi64(x, 32); }
-
-// The channels n .. n + 15 that are below N.
-inline __mmask16 below(int64_t n, int64_t N) {
-  return n >= N ? 0 : N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
-}
-
-// The even and odd lanes' int64 results, clamped to +-qmax, back in 16 int32 lanes.
-inline __m512i join_clamp(__m512i even, __m512i odd, int64_t qmax) {
-  const __m512i hi = _mm512_set1_epi64(qmax), lo = _mm512_set1_epi64(-qmax);
-  even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
-  odd = _mm512_min_epi64(_mm512_max_epi64(odd, lo), hi);
-  return _mm512_mask_mov_epi32(even, 0xaaaa, _mm512_slli_epi64(odd, 32));
-}
 
 // i-GELU of 16 int32 lanes already within +-32767, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
 // sign(q) multiplies the erf term only where q != 0, and where q == 0 the result is 0 whatever the erf term.
@@ -203,8 +182,6 @@ std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) 
   for (int64_t i = 0; i < n; ++i) out[i] = p[x.numel() == 1 ? 0 : i];
   return out;
 }
-
-inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
 
 }  // namespace
 

@@ -1,0 +1,35 @@
+// Helpers shared by the C++ kernels (x86, AVX-512 VNNI).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+// acc += u8 x s8 dot products of 4, in place. GCC's _mm512_dpbusd_epi32 copies (and spills) a tile of
+// accumulators on every step; the tiles therefore also live in named variables, not arrays.
+inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+}
+
+// The lanes n .. n + 15 of a row of N that are below N.
+inline __mmask16 below(int64_t n, int64_t N) {
+  return n >= N ? 0 : N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
+}
+
+// Requantization of 16 int32 lanes runs in int64 lanes on the even and the odd lanes apart (vpmuldq multiplies
+// the low halves of int64 lanes), which needs no lane shuffles.
+inline __m512i odd_lanes(__m512i x) { return _mm512_srli_epi64(x, 32); }
+
+// (x * m + half) >> e in int64 lanes, x and m the low int32 halves of the lanes.
+inline __m512i rshift_round(__m512i x, __m512i m, __m512i half, __m512i e) {
+  return _mm512_srav_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m), half), e);
+}
+
+// The even and odd lanes' int64 results, clamped to +-qmax, back in 16 int32 lanes.
+inline __m512i join_clamp(__m512i even, __m512i odd, int64_t qmax) {
+  const __m512i hi = _mm512_set1_epi64(qmax), lo = _mm512_set1_epi64(-qmax);
+  even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
+  odd = _mm512_min_epi64(_mm512_max_epi64(odd, lo), hi);
+  return _mm512_mask_mov_epi32(even, 0xaaaa, _mm512_slli_epi64(odd, 32));
+}
+
+inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
