@@ -23,7 +23,9 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import kernels
+from kernels._cpu import resolve_cpu_backend
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
+from kernels.layer import encoder_layer_cpp
 from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
 from ibert import atomic, modeling
 from ibert.configuration import IBertConfig
@@ -74,6 +76,9 @@ class _IntLinear(nn.Module):
         self.out.set(*act.multiplier(s_acc))
         return act.scale()
 
+    def operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.bias, self.out.m, self.out.e
+
 
 class _IntLayerNorm(nn.Module):
     def __init__(self, n: int):
@@ -88,6 +93,9 @@ class _IntLayerNorm(nn.Module):
         self.eps, self.beta = eps.reshape(1).clone(), beta.clone()
         self.out.set(m, e)
         return s_out
+
+    def operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.eps, self.out.m, self.out.e, self.beta
 
     def forward(self, x: torch.Tensor, bits: int, backend: str) -> torch.Tensor:
         return kernels.layernorm(x, self.eps, self.out.m, self.out.e, self.beta, bits, backend=backend)
@@ -146,10 +154,21 @@ class IntegerLayer(nn.Module):
         residual.set(*block.ln_input_act.multiplier(s_res))
         return ln.set(block.LayerNorm, s22, block.output_activation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, head_mask: torch.Tensor | None, backend: str,
+    def cpp_buffers(self) -> list[torch.Tensor]:
+        """The integer buffers of `kernels.layer.encoder_layer_cpp`, in its order."""
+        return [*self.qkv.operands(), self.ctx_out.m, self.ctx_out.e, self.softmax_params,
+                *self.attn_dense.operands(), self.attn_residual.m, self.attn_residual.e, *self.attn_ln.operands(),
+                *self.ffn_in.operands(), self.gelu_params.reshape(-1), self.gelu_out.m, self.gelu_out.e,
+                *self.ffn_out.operands(), self.ffn_residual.m, self.ffn_residual.e, *self.ffn_ln.operands()]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, head_mask: torch.Tensor | None, backend: str,
                 keep_probs: bool = False):
         """x: [B, S, H] int8; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
         Returns [B, S, H] int8 and, with keep_probs, the attention probabilities [B, heads, S, S] uint8."""
+        if resolve_cpu_backend(backend, x) == "cpp":
+            weights = [self.qkv.weight, self.attn_dense.weight, self.ffn_in.weight, self.ffn_out.weight]
+            return encoder_layer_cpp(x, mask, head_mask, weights, self.cpp_buffers(), self.heads, self.bits,
+                                     self.ln_bits, self.gelu_input_bits, self.softmax_bits, keep_probs)
         B, S, H = x.shape
         x2 = x.reshape(B * S, H)
         qkv = kernels.int8_matmul(x2, self.qkv.weight, self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,

@@ -1,5 +1,6 @@
 """The C++ kernels for x86 CPUs with AVX-512 VNNI (`kernels/csrc`): fused attention, int8 linear layers with
-in-register requantization, i-LayerNorm. Built with `torch.utils.cpp_extension` on first use (~1 min, then cached)."""
+in-register requantization, i-LayerNorm, and a whole encoder layer of them in one call. Built with
+`torch.utils.cpp_extension` on first use (~1 min, then cached)."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,8 @@ from kernels._utils import BACKENDS, resolve_backend
 
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = tuple(CSRC / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp"))
+SOURCES = tuple(CSRC / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp",
+                                             "layer_cpu.cpp"))
 CPU_BACKENDS = (*BACKENDS, "cpp")
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 
