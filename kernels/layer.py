@@ -1,9 +1,9 @@
 """One encoder layer of the integer engine as a single C++ call (x86 CPUs with AVX-512 VNNI): the int8 linear,
 fused attention and i-LayerNorm kernels in the order of `ibert.engine.IntegerLayer`, with no Python between them.
 
-Between separate kernel calls the interpreter runs with caches that the weights have just swept (each layer streams
-7 MB of them at roberta-base size), which cost ~7% of a forward. The reference is the same layer composed of the
-public ops (`IntegerLayer` with any other backend); the engine's tests compare the two exactly.
+Between separate kernel calls the interpreter ran with caches that the weights had just swept (a layer streams 7 MB
+of them at roberta-base size): 6-8% of a forward. The reference is the same layer composed of the public ops
+(`IntegerLayer` with any other backend); the engine's tests compare the two exactly.
 """
 from __future__ import annotations
 

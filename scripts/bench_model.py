@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-train", action="store_true")
-    p.add_argument("--profile", action="store_true", help="also print the integer engine's time per op")
+    p.add_argument("--profile", action="store_true", help="also print the integer engine's time per kernel")
     args = p.parse_args()
     dev = args.device
     kernels.set_compile(dev == "cpu")
