@@ -83,33 +83,54 @@ void dot(const uint8_t* a, int64_t lda, const int8_t* b, int64_t groups, int64_t
   }
 }
 
-// i-softmax of one row, exactly as kernels.softmax.softmax_reference (each loop vectorizes).
-// mask: the row's additive mask, already clipped to +-kClip (zeros for none).
-void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, int64_t n, const int32_t* prm,
-                 int out_bits, int32_t* __restrict ex, uint8_t* __restrict out) {
-  const int32_t x0 = prm[0], b = prm[1], c = prm[2], shift = prm[3], r = prm[4];
-  int32_t top = INT32_MIN;
-  for (int64_t j = 0; j < n; ++j) {
-    const int32_t y = std::min(std::max(x[j], -kClip), kClip) + mask[j];
-    ex[j] = y;
-    top = std::max(top, y);
+// i-softmax of one row of scores x - ksum, exactly as kernels.softmax.softmax_reference, 16 lanes at a time.
+// mask: the row's additive mask, already clipped to +-kClip (zeros for none); ex: scratch [n rounded up to 16].
+void softmax_row(const int32_t* __restrict x, const int32_t* __restrict ksum, const int32_t* __restrict mask,
+                 int64_t n, const int32_t* prm, int out_bits, int32_t* __restrict ex, uint8_t* __restrict out) {
+  const int32_t x0 = prm[0], shift = prm[3];
+  const __m128i r = _mm_cvtsi32_si128(prm[4]);
+  const __m512i clip = _mm512_set1_epi32(kClip);
+  __m512i top_v = _mm512_set1_epi32(INT32_MIN);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = below(j, n);
+    const __m512i y = _mm512_add_epi32(
+        _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(_mm512_loadu_si512(x + j), _mm512_loadu_si512(ksum + j)),
+                                          _mm512_sub_epi32(_mm512_setzero_si512(), clip)), clip),
+        _mm512_maskz_loadu_epi32(k, mask + j));
+    _mm512_storeu_si512(ex + j, y);
+    top_v = _mm512_mask_max_epi32(top_v, k, top_v, y);
   }
-  const int32_t low = std::max(top, -kClip) - kClip, zmin = kMaxZ * x0;  // no int32 underflow
-  const uint64_t inv = 0xffffffffu / (uint32_t)(-x0);
-  int32_t sum = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const int32_t d = std::max((std::max(ex[j], low) - top) >> r, zmin);
+  const int32_t top = _mm512_reduce_max_epi32(top_v);
+  const __m512i low = _mm512_set1_epi32(std::max(top, -kClip) - kClip), top16 = _mm512_set1_epi32(top);  // no underflow
+  const __m512i zmin = _mm512_set1_epi32(kMaxZ * x0), vx0 = _mm512_set1_epi32(x0), one = _mm512_set1_epi32(1);
+  const __m512i b = _mm512_set1_epi32(prm[1]), c = _mm512_set1_epi32(prm[2]), zshift = _mm512_set1_epi32(shift);
+  const __m512i inv = _mm512_set1_epi64(0xffffffffu / (uint32_t)(-x0)), max_shift = _mm512_set1_epi32(31);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __m512i d = _mm512_max_epi32(
+        _mm512_sra_epi32(_mm512_sub_epi32(_mm512_max_epi32(_mm512_loadu_si512(ex + j), low), top16), r), zmin);
     // z = d // x0 in [0, 30] (floor_div_small): |d| * floor((2**32 - 1) / |x0|) / 2**32 is z or z - 1
-    int32_t z = (int32_t)(((uint64_t)(uint32_t)(-d) * inv) >> 32), zx = z * x0;
-    const bool up = d <= zx + x0;
-    z += up;
-    zx += up ? x0 : 0;
-    const int32_t p = d - zx;
-    ex[j] = ((p + b) * p + c) >> std::min(z + shift, 31);
-    sum += ex[j];
+    const __m512i nd = _mm512_sub_epi32(_mm512_setzero_si512(), d);
+    __m512i z = _mm512_mask_mov_epi32(_mm512_srli_epi64(_mm512_mul_epu32(nd, inv), 32), 0xaaaa,
+                                      _mm512_mul_epu32(odd_lanes(nd), inv));
+    __m512i zx = _mm512_mullo_epi32(z, vx0);
+    const __mmask16 up = _mm512_cmple_epi32_mask(d, _mm512_add_epi32(zx, vx0));
+    z = _mm512_mask_add_epi32(z, up, z, one);
+    zx = _mm512_mask_add_epi32(zx, up, zx, vx0);
+    const __m512i p = _mm512_sub_epi32(d, zx);
+    const __m512i e = _mm512_srav_epi32(_mm512_add_epi32(_mm512_mullo_epi32(_mm512_add_epi32(p, b), p), c),
+                                        _mm512_min_epi32(_mm512_add_epi32(z, zshift), max_shift));
+    _mm512_storeu_si512(ex + j, e);
+    sum = _mm512_mask_add_epi32(sum, below(j, n), sum, e);
   }
-  const int32_t factor = INT32_MAX / sum, top_p = (1 << out_bits) - 1;
-  for (int64_t j = 0; j < n; ++j) out[j] = (uint8_t)std::min((((ex[j] * factor) >> (30 - out_bits)) + 1) >> 1, top_p);
+  const __m512i factor = _mm512_set1_epi32(INT32_MAX / _mm512_reduce_add_epi32(sum));
+  const __m512i top_p = _mm512_set1_epi32((1 << out_bits) - 1);
+  const __m128i down = _mm_cvtsi32_si128(30 - out_bits);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __m512i q = _mm512_sra_epi32(_mm512_mullo_epi32(_mm512_loadu_si512(ex + j), factor), down);
+    const __m512i v = _mm512_min_epi32(_mm512_srai_epi32(_mm512_add_epi32(q, one), 1), top_p);
+    _mm_mask_storeu_epi8(out + j, below(j, n), _mm512_cvtepi32_epi8(v));
+  }
 }
 
 // One head's operands from the fused QKV rows (row stride ld): Q + 128 as uint8 [Sp, dp] (padding 128, i.e. q = 0),
@@ -199,9 +220,7 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
         for (int64_t j = 0; j < S; ++j) mrow[j] = std::min(std::max(mk[bi * S + j], -kClip), kClip);
       if (!hm || hm[h]) {
         for (int64_t i = 0; i < S; ++i) {
-          int32_t* srow = scores.data() + i * Sp;
-          for (int64_t j = 0; j < S; ++j) srow[j] -= ksum[j];
-          softmax_row(srow, mrow.data(), S, prm, bits, ex.data(), p.data() + i * Sp);
+          softmax_row(scores.data() + i * Sp, ksum.data(), mrow.data(), S, prm, bits, ex.data(), p.data() + i * Sp);
         }
       }
       if (pout)
