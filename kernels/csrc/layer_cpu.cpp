@@ -5,6 +5,7 @@
 
 #include <ATen/record_function.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <vector>
@@ -28,7 +29,7 @@ auto scope(const char* name, F f) {
 
 // Reads the buffers in their order.
 struct Operands {
-  const std::vector<torch::Tensor>& w;
+  at::TensorList w;
   size_t i = 0;
   const torch::Tensor& operator()() { return w.at(i++); }
 };
@@ -40,11 +41,12 @@ struct Operands {
 // order: QKV (bias, m, e), context (m, e), softmax params, attention output (bias, m, e), its residual (m, e),
 // LayerNorm (eps, m, e, beta), FFN in (bias, m, e), i-GELU params [5], i-GELU output (m, e), FFN out (bias, m, e),
 // its residual (m, e), LayerNorm (eps, m, e, beta); every bias [N] int32. Returns [B, S, H] int8 and the attention
-// probabilities [B, heads, S, S] uint8 (empty unless asked).
-std::vector<torch::Tensor> encoder_layer(torch::Tensor x, torch::Tensor mask, torch::Tensor head_mask,
-                                         std::vector<torch::Tensor> packed, std::vector<torch::Tensor> w,
-                                         int64_t heads, int64_t bits, int64_t ln_bits, int64_t gelu_input_bits,
-                                         int64_t softmax_bits, bool want_probs) {
+// probabilities [B, heads, S, S] uint8 (empty unless asked). The CPU kernel of the op ibert::encoder_layer_cpp
+// (its schema is defined in kernels/layer.py): dispatched in C++, without a Python call of its own.
+std::tuple<torch::Tensor, torch::Tensor> encoder_layer(const torch::Tensor& x, const torch::Tensor& mask,
+                                                       const torch::Tensor& head_mask, at::TensorList packed,
+                                                       at::TensorList w, int64_t heads, int64_t bits, int64_t ln_bits,
+                                                       int64_t gelu_input_bits, int64_t softmax_bits, bool want_probs) {
   TORCH_CHECK(packed.size() == 4 && w.size() == 30, "encoder_layer: expected 4 weights and 30 buffers, got ",
               packed.size(), " and ", w.size());
   const int64_t B = x.size(0), S = x.size(1), H = x.size(2);
@@ -86,3 +88,5 @@ std::vector<torch::Tensor> encoder_layer(torch::Tensor x, torch::Tensor mask, to
   const auto out = scope("layernorm", [&] { return layernorm(y2, ln2_eps, ln2_m, ln2_e, ln2_beta, bits); });
   return {out.view({B, S, H}), attn[1]};
 }
+
+TORCH_LIBRARY_IMPL(ibert, CPU, m) { m.impl("encoder_layer_cpp", &encoder_layer); }

@@ -6,6 +6,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("linear", &linear, "int8 linear layer with a fused requantizing epilogue",
           py::call_guard<py::gil_scoped_release>());
   mod.def("layernorm", &layernorm, "integer-only LayerNorm", py::call_guard<py::gil_scoped_release>());
-  mod.def("encoder_layer", &encoder_layer, "one encoder layer of the integer engine",
-          py::call_guard<py::gil_scoped_release>());
 }

@@ -19,8 +19,3 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
 torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t, torch::Tensor e_t,
                         torch::Tensor beta_t, int64_t out_bits);
 
-// layer_cpu.cpp
-std::vector<torch::Tensor> encoder_layer(torch::Tensor x, torch::Tensor mask, torch::Tensor head_mask,
-                                         std::vector<torch::Tensor> packed, std::vector<torch::Tensor> w,
-                                         int64_t heads, int64_t bits, int64_t ln_bits, int64_t gelu_input_bits,
-                                         int64_t softmax_bits, bool want_probs);
