@@ -141,15 +141,14 @@ void pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, 
   std::memset(kp, 0, Sp * dp);
   for (int64_t i = 0; i < Sp; ++i) {
     for (int64_t k = 0; k < dp; k += 64) {  // rows and columns past the head's are 0 (q: 128)
-      const __mmask64 in = i < S ? (d - k >= 64 ? ~0ull : d > k ? ~0ull >> (64 - (d - k)) : 0) : 0;
-      const __mmask64 keep = dp - k >= 64 ? ~0ull : ~0ull >> (64 - (dp - k));
-      _mm512_mask_storeu_epi8(q + i * dp + k, keep, _mm512_xor_si512(_mm512_maskz_loadu_epi8(in, qrow + i * ld + k), sign));
+      const __m512i x = _mm512_maskz_loadu_epi8(i < S ? bytes_below(k, d) : 0, qrow + i * ld + k);
+      _mm512_mask_storeu_epi8(q + i * dp + k, bytes_below(k, dp), _mm512_xor_si512(x, sign));
     }
     if (i >= S) continue;
     const int8_t* __restrict key = qrow + i * ld + H;
     __m512i s = _mm512_setzero_si512();
     for (int64_t k = 0; k < d; k += 64)
-      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(d - k >= 64 ? ~0ull : ~0ull >> (64 - (d - k)), key + k));
+      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(bytes_below(k, d), key + k));
     ksum[i] = 128 * _mm512_reduce_add_epi32(s);
     int64_t k = 0;
     for (; k + 4 <= d; k += 4) std::memcpy(kp + ((k >> 2) * Sp + i) * 4, key + k, 4);

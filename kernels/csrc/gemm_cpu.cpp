@@ -169,8 +169,7 @@ void row_compensation(const int8_t* a, int64_t M, int64_t K, int32_t* comp) {
       __m512i s = _mm512_setzero_si512();
       int64_t k = 0;
       for (; k + 64 <= K; k += 64) s = _mm512_dpbusd_epi32(s, ones, _mm512_loadu_si512(row + k));
-      const __mmask64 tail = K - k == 0 ? 0 : (~0ull >> (64 - (K - k)));
-      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(tail, row + k));
+      s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(bytes_below(k, K), row + k));
       comp[i] = 128 * _mm512_reduce_add_epi32(s);
     }
   });

@@ -15,6 +15,11 @@ inline __mmask16 below(int64_t n, int64_t N) {
   return n >= N ? 0 : N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1);
 }
 
+// The bytes n .. n + 63 of a row of N that are below N.
+inline __mmask64 bytes_below(int64_t n, int64_t N) {
+  return n >= N ? 0 : N - n >= 64 ? ~0ull : ~0ull >> (64 - (N - n));
+}
+
 // Requantization of 16 int32 lanes runs in int64 lanes on the even and the odd lanes apart (vpmuldq multiplies
 // the low halves of int64 lanes), which needs no lane shuffles.
 inline __m512i odd_lanes(__m512i x) { return _mm512_srli_epi64(x, 32); }
