@@ -13,12 +13,17 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    from kernels._cpu import cpp_available  # after TRITON_INTERPRET is set: kernels read it on import
+
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
+    if any(item.get_closest_marker("cpp") for item in items) and not cpp_available():
+        skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX-512 VNNI and g++")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)
 
 
 @pytest.fixture

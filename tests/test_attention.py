@@ -5,10 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import attention, dyadic, softmax_params
-from kernels._cpu import cpp_extension
 from kernels.attention import MAX_FUSED_S
 
-needs_cpp = pytest.mark.skipif(cpp_extension() is None, reason="the fused CPU kernel needs x86 AVX-512 VNNI and g++")
 
 SHAPES = [(1, 1, 1, 4), (2, 7, 2, 8), (2, 33, 3, 12), (3, 70, 2, 32), (2, 128, 12, 64), (1, 200, 1, 80)]
 
@@ -26,7 +24,7 @@ def run(backend, qkv, heads, params, m, e, mask=None, head_mask=None):
     return attention(qkv, heads, params, m, e, mask, head_mask, return_probs=True, backend=backend)
 
 
-@needs_cpp
+@pytest.mark.cpp
 @pytest.mark.parametrize("B,S,heads,d", SHAPES)
 def test_cpp_equals_reference(B, S, heads, d):
     qkv, params, m, e, mask = inputs(B, S, heads, d)
@@ -41,7 +39,7 @@ def test_cpp_equals_reference(B, S, heads, d):
             assert ctx.abs().max() > 10 and probs.max() > 0
 
 
-@needs_cpp
+@pytest.mark.cpp
 @settings(max_examples=60, deadline=None)
 @given(B=st.integers(1, 3), S=st.sampled_from([1, 2, 5, 15, 16, 17, 33, 64, 65, 129]), heads=st.integers(1, 4),
        d=st.sampled_from([1, 3, 4, 7, 8, 20, 32, 33, 64, 65, 128]), value=st.sampled_from([1, 20, 127]),
@@ -62,7 +60,7 @@ def test_cpp_equals_reference_on_random_cases(B, S, heads, d, value, log_scale, 
     assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
-@needs_cpp
+@pytest.mark.cpp
 @pytest.mark.parametrize("scale", [1e-6, 3e-4, 0.08])
 def test_cpp_extremes_equal_reference(scale):
     """Saturated inputs (largest scores), every softmax input scale, a fully masked row, a large multiplier."""
@@ -103,7 +101,7 @@ def test_triton_rows_longer_than_the_fused_kernel_holds():
     assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
 
 
-@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=pytest.mark.cpp)])
 def test_fully_masked_rows_of_negative_scores(backend):
     """All keys masked and negative scores: the row maximum sits below -2**30 (an int32 underflow before)."""
     qkv = torch.full((2, 5, 3 * 2 * 48), 20, dtype=torch.int8)
@@ -146,7 +144,7 @@ def test_probs_only_when_asked():
     assert probs is None and ctx.shape == (1, 5, 8)
 
 
-@needs_cpp
+@pytest.mark.cpp
 def test_cpp_op_compiles_in_one_graph():
     """A registered op: torch.compile traces it whole (fullgraph) and gets the same integers."""
     qkv, params, m, e, mask = inputs(2, 9, 2, 16)

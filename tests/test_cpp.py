@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels import dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, layernorm_params
-from kernels._cpu import SOURCES, cpp_extension
+from kernels._cpu import SOURCES
 from kernels.gemm import _PACKED
 
-needs_cpp = pytest.mark.skipif(cpp_extension() is None, reason="the C++ kernels need x86 AVX-512 VNNI and g++")
 
 # Tails of every loop: rows (micro-tiles of 6, blocks of up to 96), channels (vectors of 16, panels of 64) and
 # the inner dimension (groups of 4).
@@ -31,7 +30,7 @@ def cpp_and_torch(fn, *args):
     return x, y
 
 
-@needs_cpp
+@pytest.mark.cpp
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("bits", [8, 16, 22])
 def test_linear_requant_residual_exact(M, K, N, bits):
@@ -48,7 +47,7 @@ def test_linear_requant_residual_exact(M, K, N, bits):
         assert torch.equal(x, y)
 
 
-@needs_cpp
+@pytest.mark.cpp
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("reach", [2.0**-2, 2.0**3])  # i-GELU inputs below the erf clip; past it and saturating
 def test_linear_gelu_exact(M, K, N, reach):
@@ -65,7 +64,7 @@ def test_linear_gelu_exact(M, K, N, reach):
     assert torch.equal(x, y) and y.dtype == torch.int32
 
 
-@needs_cpp
+@pytest.mark.cpp
 def test_linear_extremes_saturate():
     """Largest accumulators (every product 128 * 127, and -128 activations against +127 weights), outputs on
     both clamps, the largest shift."""
@@ -84,7 +83,7 @@ def test_linear_extremes_saturate():
     assert x[0, 0] == -127 and x[0, 1] == 127 and x[1, 0] == 127
 
 
-@needs_cpp
+@pytest.mark.cpp
 @settings(max_examples=40, deadline=None)
 @given(M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 140), seed=st.integers(0, 2**16),
        log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32))
@@ -108,7 +107,7 @@ def ln_params(n, s_in=1e-3, s_out=0.02, eps=1e-12, bits=8, seed=0):
     return layernorm_params(torch.tensor(s_in), weight, bias, eps, torch.tensor(s_out), bits)
 
 
-@needs_cpp
+@pytest.mark.cpp
 @pytest.mark.parametrize("shape", [(1, 1), (7, 7), (3, 768), (2, 3, 1023), (40, 384)])
 @pytest.mark.parametrize("bits", [8, 16])
 def test_layernorm_exact(shape, bits):
@@ -128,7 +127,7 @@ def test_layernorm_exact(shape, bits):
         assert torch.equal(a, b)
 
 
-@needs_cpp
+@pytest.mark.cpp
 def test_packed_weight_follows_the_weight():
     """The packed layout is made once per weight tensor, again after an in-place change, and dropped with it."""
     a = randint(-128, 127, (9, 40), torch.int8)
@@ -146,7 +145,7 @@ def test_packed_weight_follows_the_weight():
     assert key not in _PACKED
 
 
-@needs_cpp
+@pytest.mark.cpp
 def test_linear_op_compiles_in_one_graph():
     a = randint(-128, 127, (9, 40), torch.int8)
     w = randint(-127, 127, (20, 40), torch.int8, seed=1)
@@ -155,7 +154,7 @@ def test_linear_op_compiles_in_one_graph():
     assert torch.equal(fn(a), int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-@needs_cpp
+@pytest.mark.cpp
 def test_auto_picks_the_cpp_kernel_on_this_cpu():
     a = randint(-128, 127, (4, 8), torch.int8)
     m, e = dyadic(torch.tensor([1e-2]))

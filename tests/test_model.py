@@ -204,8 +204,7 @@ def test_no_float_op_between_embedding_lookup_and_head():
     assert rec.float_ops
 
 
-@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=pytest.mark.skipif(
-    not cpp_available(), reason="the C++ kernels need x86 AVX-512 VNNI and g++"))])
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cpp", marks=pytest.mark.cpp)])
 def test_integer_engine_backend_equals_torch(backend):
     engine = convert_to_integer(calibrated("IBertModel"))
     ids, mask = batch(3)
