@@ -32,42 +32,45 @@ def git_commit() -> str:
         return "unknown"
 
 
-def measure(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2, budget_s: float = 5.0) -> float:
-    """Median wall time of `fn` in milliseconds (CUDA: synchronised), at most about `budget_s` of repeats."""
+def _timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """A function that runs `fn` once and returns its wall time in milliseconds (CUDA: synchronised)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+
+    def run(fn: Callable[[], object]) -> float:
+        sync()
         t = time.perf_counter()
         fn()
         sync()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        return (time.perf_counter() - t) * 1000
 
+    return run
+
+
+def measure(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2, budget_s: float = 5.0) -> float:
+    """Median wall time of `fn` in milliseconds (CUDA: synchronised), at most about `budget_s` of repeats."""
+    timed = _timer(device)
+    for _ in range(warmup):
+        timed(fn)
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        times.append(timed(fn))
+    return statistics.median(times)
 
 
 def paired(base: Callable[[], object], new: Callable[[], object], device: str, pairs: int = 7,
            warmup: int = 1) -> dict[str, float]:
-    """`base` and `new` run back to back `pairs` times: the median of each one's times (ms) and the median, min
-    and max of the per-pair ratios base / new. On a machine whose speed drifts (a shared host), a pair sees one
+    """`base` and `new` run back to back `pairs` times: the median of each one's times (ms), the median, min
+    and max of the per-pair ratios base / new, and the number of pairs. On a machine whose speed drifts (a shared host), a pair sees one
     set of conditions, where two separately measured medians may not."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    timed = _timer(device)
     for _ in range(warmup):
-        base(), new()
-    sync()
-    tb, tn = [], []
-    for _ in range(pairs):
-        for fn, times in ((base, tb), (new, tn)):
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t) * 1000)
+        timed(base), timed(new)
+    tb, tn = zip(*((timed(base), timed(new)) for _ in range(pairs)))
     ratios = [b / n for b, n in zip(tb, tn)]
     return {"base ms": statistics.median(tb), "new ms": statistics.median(tn), "ratio": statistics.median(ratios),
-            "min": min(ratios), "max": max(ratios)}
+            "min": min(ratios), "max": max(ratios), "pairs": pairs}
+
 
 def append_rows(rows: list[dict], path: Path = RESULTS_CSV) -> None:
     """Append result rows (keys from FIELDS) with the time and commit filled in."""

@@ -90,7 +90,7 @@ def main() -> None:
     append_rows([{"device": dev_name, "benchmark": "model-forward-paired", "case": case, "impl": "ours integer engine",
                   "ms": f"{pr['new ms']:.1f}", "speedup": f"{pr['ratio']:.3f}",
                   "note": f"fp32 {pr['base ms']:.1f} ms; pair ratios {pr['min']:.2f}-{pr['max']:.2f}"}])
-    print(f"\nfp32 / integer engine over 7 back-to-back pairs: median {pr['ratio']:.2f}x "
+    print(f"\nfp32 / integer engine over {pr['pairs']} back-to-back pairs: median {pr['ratio']:.2f}x "
           f"(pairs {pr['min']:.2f}x-{pr['max']:.2f}x; fp32 {pr['base ms']:.1f} ms, engine {pr['new ms']:.1f} ms)")
 
     if args.profile:
@@ -135,8 +135,11 @@ def main() -> None:
                 grid.append({"seq": seq, "batch": b, "fp32 ms": f"{t32:.1f}", "integer ms": f"{tint:.1f}",
                              "speedup": f"{pr['ratio']:.2f}x", "pairs": f"{pr['min']:.2f}-{pr['max']:.2f}x"})
                 append_rows([{"device": dev_name, "benchmark": "latency-grid", "case": f"batch {b} x seq {seq}",
-                              "impl": impl, "ms": f"{t:.2f}", "speedup": f"{t32 / t:.3f}"}
-                             for impl, t in (("fp32", t32), ("integer engine", tint))])
+                              "impl": impl, "ms": f"{t:.2f}", "speedup": f"{ratio:.3f}", "note": note}
+                             for impl, t, ratio, note in (
+                                 ("fp32", t32, 1.0, ""),
+                                 ("integer engine", tint, pr["ratio"],
+                                  f"median of {pr['pairs']} pair ratios {pr['min']:.2f}-{pr['max']:.2f}"))])
                 print(grid[-1], flush=True)
         print_table(f"latency grid, fp32 vs integer engine ({dev_name})", grid, list(grid[0]))
 

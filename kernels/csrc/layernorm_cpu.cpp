@@ -1,6 +1,7 @@
 // Integer-only LayerNorm for x86 CPUs with AVX-512, one row at a time: exactly
 // kernels.layernorm.layernorm_reference, in int64 lanes (products wrap as torch's do).
 #include "ops.h"
+#include "simd.h"
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -66,7 +67,7 @@ void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const in
   for (int64_t j = 0; j < N; j += 16) {  // narrowed in registers: masked vpmov* stores to memory are slow
     const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(finish(j))),
                                          _mm512_cvtepi64_epi32(finish(j + 8)), 1);
-    const __mmask16 k = N - j >= 16 ? 0xffff : (__mmask16)((1u << (N - j)) - 1);
+    const __mmask16 k = below(j, N);
     if constexpr (kInt8Out) {
       _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + j, k, _mm512_cvtepi32_epi8(v));
     } else {
