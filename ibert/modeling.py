@@ -106,7 +106,7 @@ class IBertEmbeddings(nn.Module):
         self.embeddings_act1 = QuantAct(config.embedding_act_bits, quant_mode=q)
         self.embeddings_act2 = QuantAct(config.embedding_act_bits, quant_mode=q)
         self.LayerNorm = IntLayerNorm(config.hidden_size, config.layer_norm_eps,
-                                      quant_mode=q and "layernorm" not in config.dequant)
+                                      quant_mode=q and "layernorm" not in config.dequant, backend=config.backend)
         self.output_activation = QuantAct(config.act_bits, quant_mode=q)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -134,7 +134,8 @@ class IBertSelfAttention(nn.Module):
         self.query_activation = QuantAct(config.act_bits, quant_mode=q)
         self.key_activation = QuantAct(config.act_bits, quant_mode=q)
         self.value_activation = QuantAct(config.act_bits, quant_mode=q)
-        self.softmax = IntSoftmax(config.softmax_bits, quant_mode=q and "softmax" not in config.dequant)
+        self.softmax = IntSoftmax(config.softmax_bits, quant_mode=q and "softmax" not in config.dequant,
+                                  backend=config.backend)
         self.output_activation = QuantAct(config.act_bits, quant_mode=q)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
@@ -168,7 +169,7 @@ class IBertSelfOutput(nn.Module):
         self.dense = QuantLinear(in_features, config.hidden_size, bits=config.weight_bits, quant_mode=q)
         self.ln_input_act = QuantAct(config.ln_input_bits, quant_mode=q)
         self.LayerNorm = IntLayerNorm(config.hidden_size, config.layer_norm_eps,
-                                      quant_mode=q and "layernorm" not in config.dequant)
+                                      quant_mode=q and "layernorm" not in config.dequant, backend=config.backend)
         self.output_activation = QuantAct(config.act_bits, quant_mode=q)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -199,7 +200,7 @@ class IBertIntermediate(nn.Module):
         int_gelu = q and "gelu" not in config.dequant
         self.dense = QuantLinear(config.hidden_size, config.intermediate_size, bits=config.weight_bits, quant_mode=q)
         self.gelu_input_act = QuantAct(config.gelu_input_bits, quant_mode=int_gelu)
-        self.intermediate_act_fn = IntGELU(quant_mode=int_gelu) if config.hidden_act == "gelu" else None
+        self.intermediate_act_fn = IntGELU(int_gelu, config.backend) if config.hidden_act == "gelu" else None
         self.float_act = ACT2FN[config.hidden_act]
         self.output_activation = QuantAct(config.act_bits, quant_mode=q)
 
@@ -208,7 +209,7 @@ class IBertIntermediate(nn.Module):
         if self.intermediate_act_fn is None:
             return self.output_activation(self.float_act(h))
         h, s_h = self.gelu_input_act(h, s_h)
-        return self.output_activation(*self.intermediate_act_fn(h, s_h))
+        return self.intermediate_act_fn(h, s_h, self.output_activation)
 
 
 class IBertLayer(nn.Module):

@@ -1,6 +1,7 @@
 """Fake-quantization modules (quantization-aware training) whose eval-mode values are exactly the integers
-the integer engine computes: every integer step calls the `kernels` op on recovered integers (backend "auto":
-Triton on CUDA; on the CPU the C++ kernel where the op has one, else the torch reference).
+the integer engine computes: every integer step calls the `kernels` op on recovered integers, with the model's
+`config.backend` ("auto": Triton on CUDA; on the CPU the C++ kernel where the op has one, else the torch
+reference). The backends are equal bit for bit, so the choice changes speed, not a number.
 
 Tensors travel as `(x, scale)`: in quant mode `x` is float holding `integer * scale`, and `scale` is a
 float tensor of one element or one per channel (last dimension); in float mode `scale` is None.
@@ -218,18 +219,24 @@ class QuantLinear(FrozenWeightCache, nn.Linear):
 
 
 class IntGELU(nn.Module):
-    """i-GELU on 16-bit integers of a per-tensor scale (float GELU when disabled)."""
+    """i-GELU on 16-bit integers of a per-tensor scale, fused with its output quantizer, as the engine runs it
+    (float GELU, then `out_act`, when disabled). The int32 i-GELU result (up to 2**30) goes to the requantization
+    as an integer, never through a float."""
 
-    def __init__(self, quant_mode: bool = False):
+    def __init__(self, quant_mode: bool = False, backend: str = "auto"):
         super().__init__()
-        self.quant_mode = quant_mode
+        self.quant_mode, self.backend = quant_mode, backend
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor | None) -> Scaled:
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None, out_act: QuantAct) -> Scaled:
         y = F.gelu(x)
-        if not self.quant_mode or s is None:
-            return y, None
-        params, s_out = kernels.gelu_params(s)
-        q = kernels.gelu(to_int(x, s), params)
+        if not self.quant_mode or s is None or not out_act.quant_mode:
+            return out_act(y)
+        params, s_g = kernels.gelu_params(s)
+        g = kernels.gelu(to_int(x, s), params, backend=self.backend)
+        if self.training:  # the range of the i-GELU values themselves
+            out_act.observe(g.float() * s_g)
+        q = kernels.requantize(g, *out_act.multiplier(s_g), out_act.bits, backend=self.backend)
+        s_out = out_act.scale()
         return ste(y, q.float() * s_out), s_out
 
 
@@ -241,9 +248,9 @@ class IntSoftmax(nn.Module):
 
     MASK_INT = -(2**30)
 
-    def __init__(self, bits: int = 8, quant_mode: bool = False):
+    def __init__(self, bits: int = 8, quant_mode: bool = False, backend: str = "auto"):
         super().__init__()
-        self.bits, self.quant_mode = bits, quant_mode
+        self.bits, self.quant_mode, self.backend = bits, quant_mode, backend
 
     def forward(self, x: torch.Tensor, s: torch.Tensor | None, mask: torch.Tensor | None) -> Scaled:
         x_masked = x if mask is None else x.masked_fill(mask[:, None, None, :] == 0, torch.finfo(x.dtype).min)
@@ -251,7 +258,7 @@ class IntSoftmax(nn.Module):
         if not self.quant_mode or s is None:
             return y, None
         mask_int = None if mask is None else ((1 - mask.int()) * self.MASK_INT).int()
-        p = kernels.softmax(to_int(x, s), kernels.softmax_params(s), mask_int, self.bits)
+        p = kernels.softmax(to_int(x, s), kernels.softmax_params(s), mask_int, self.bits, backend=self.backend)
         s_out = torch.full((1,), 2.0**-self.bits, device=x.device)
         return ste(y, p.float() * s_out), s_out
 
@@ -262,9 +269,9 @@ class IntLayerNorm(nn.LayerNorm):
     The output scale comes from `out_act`'s range, observed on the float LayerNorm output in training.
     """
 
-    def __init__(self, dim: int, eps: float, quant_mode: bool = False):
+    def __init__(self, dim: int, eps: float, quant_mode: bool = False, backend: str = "auto"):
         super().__init__(dim, eps=eps)
-        self.quant_mode = quant_mode
+        self.quant_mode, self.backend = quant_mode, backend
 
     def params(self, s_in: torch.Tensor, s_out: torch.Tensor, bits: int):
         return kernels.layernorm_params(s_in, self.weight.detach(), self.bias.detach(), self.eps, s_out, bits)
@@ -276,5 +283,6 @@ class IntLayerNorm(nn.LayerNorm):
         if self.training:
             out_act.observe(y)
         s_out = out_act.scale()
-        q = kernels.layernorm(to_int(x, s), *self.params(s, s_out, out_act.bits), out_act.bits)
+        q = kernels.layernorm(to_int(x, s), *self.params(s, s_out, out_act.bits), out_act.bits,
+                              backend=self.backend)
         return ste(y, q.float() * s_out), s_out

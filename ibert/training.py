@@ -4,6 +4,7 @@ a finished stage is skipped when the run is started again with the same output d
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding, get_linear_sche
 
 import kernels
 from ibert import atomic, glue
+from ibert.runs import check_identity, stage_identity
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from ibert.modeling import IBertForSequenceClassification
@@ -38,6 +40,35 @@ class Data:
 
 def model_path(cfg: DictConfig) -> str:
     return cfg.model.name_or_path or offline_minilm_path()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device=auto` is CUDA when a GPU is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but CUDA is not available here (torch.cuda.is_available() is False): "
+                         "use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def load_data(cfg: DictConfig, task: glue.Task, tokenizer, need_train: bool) -> Data:
@@ -79,10 +110,10 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_leng
 
 
 def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cfg: DictConfig, lr: float,
-                epochs: float, max_steps: int | None, out: Path) -> float:
-    """Fine-tune `model` in place (resuming from out/name/last.pt); returns the seconds this call trained."""
+                epochs: float, max_steps: int | None, out: Path, device: torch.device) -> float:
+    """Fine-tune `model` (on `device`) in place, resuming from out/name/last.pt; returns the seconds this call
+    trained."""
     stage_dir = out / name
-    stage_dir.mkdir(parents=True, exist_ok=True)
     r = cfg.recipe
     steps_per_epoch = math.ceil(len(data.train) / r.batch_size)
     total = math.ceil(epochs * steps_per_epoch)
@@ -95,11 +126,14 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
     sched = get_linear_schedule_with_warmup(opt, int(r.warmup_ratio * total), total)
     step, ckpt = 0, stage_dir / "last.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+        except Exception as exc:  # truncated or foreign file: say which, keep it for inspection
+            raise ValueError(f"corrupt training checkpoint {ckpt}: {exc}") from exc
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state({k: v.cpu() for k, v in state["rng"].items()}, device)
         step = state["step"]
         log.info("%s: resumed from step %d of %d (%s)", name, step, total, ckpt)
         print(f"[{name}] resumed from step {step} of {total}", flush=True)
@@ -112,7 +146,7 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
         epoch, i = divmod(step, steps_per_epoch)
         if i == 0 or batches is None:
             batches = epoch_batches(lengths, r.batch_size, cfg.seed + epoch, r.group_by_length)
-        batch = data.collate([data.train[j] for j in batches[i]])
+        batch = to_device(data.collate([data.train[j] for j in batches[i]]), device)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,7 +158,7 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
         bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch, lr=f"{sched.get_last_lr()[0]:.2e}")
         if step % r.checkpoint_every == 0 or step == total:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "step": step}
+                     "rng": rng_state(device), "step": step}
             atomic.write_file(ckpt, lambda p: torch.save(state, p))
     bar.close()
     return time.time() - start
@@ -140,13 +174,14 @@ def finish_stage(name: str, model, tokenizer, out: Path) -> None:
 @torch.no_grad()
 def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, dict[str, float]]:
     model.eval()
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     results = {}
     for split, examples in data.dev.items():
         preds, labels = [], []
         for i in range(0, len(examples), batch_size):
             batch = data.collate(examples[i:i + batch_size])
             labels.append(batch.pop("labels").numpy())
-            logits = model(**batch).logits
+            logits = model(**to_device(batch, device)).logits.cpu()
             preds.append(logits.squeeze(-1).numpy() if task.labels is None else logits.argmax(-1).numpy())
         results[split] = glue.compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
     return results
@@ -163,6 +198,10 @@ def git_commit() -> str:
 def run(cfg: DictConfig) -> dict:
     """The whole pipeline for one task; returns (and writes) the results."""
     task = glue.get_task(cfg.task.name)
+    quant = bool(cfg.quant_mode)
+    if cfg.path.name != "fp32" and not quant:
+        raise ValueError(f"path={cfg.path.name} needs quant_mode=true")
+    device = resolve_device(cfg.device)
     commit = git_commit()  # the code that runs is the code checked out at the start
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,43 +213,47 @@ def run(cfg: DictConfig) -> dict:
     kernels.set_compile(bool(cfg.compile))
     src = model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    quant = bool(cfg.quant_mode)
     need_fp32_stage = not (quant and cfg.init_from)
     data = load_data(cfg, task, tokenizer, need_train=True)
-    log.info("task %s: %d train examples, dev %s", task.name, len(data.train),
-             {k: len(v) for k, v in data.dev.items()})
+    log.info("task %s: %d train examples, dev %s; device %s", task.name, len(data.train),
+             {k: len(v) for k, v in data.dev.items()}, device)
     times, models = {}, {}
     labels = dict(num_labels=task.num_labels, problem_type="regression" if task.labels is None else None)
+    load = lambda path, **kw: load_pretrained(IBertForSequenceClassification, path, **kw).to(device)
 
+    fp32_identity = stage_identity(cfg, "fp32") if need_fp32_stage else None
     if need_fp32_stage:
-        fp32_done = out / "fp32" / DONE
-        if fp32_done.exists():
-            model = load_pretrained(IBertForSequenceClassification, out / "fp32" / "model", quant_mode=False)
+        check_identity(out / "fp32", fp32_identity)
+        if (out / "fp32" / DONE).exists():
+            model = load(out / "fp32" / "model", quant_mode=False)
         else:
-            model = load_pretrained(IBertForSequenceClassification, src, quant_mode=False, **labels)
+            model = load(src, quant_mode=False, **labels)
             times["fp32_train_s"] = train_stage("fp32", model, data, cfg, cfg.recipe.lr, cfg.recipe.epochs,
-                                                cfg.recipe.max_steps, out)
+                                                cfg.recipe.max_steps, out, device)
             finish_stage("fp32", model, tokenizer, out)
         models["fp32"] = model
     init = Path(cfg.init_from) if cfg.init_from else out / "fp32" / "model"
     if quant:
+        qat_identity = stage_identity(cfg, "qat", fp32_identity)
+        check_identity(out / "qat", qat_identity)
         if not (out / "qat" / DONE).exists():
-            qmodel = load_pretrained(IBertForSequenceClassification, init, quant_mode=True,
-                                     force_dequant=cfg.force_dequant)
+            qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant)
             times["qat_train_s"] = train_stage("qat", qmodel, data, cfg, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
-                                               cfg.recipe.qat_max_steps, out)
+                                               cfg.recipe.qat_max_steps, out, device)
             finish_stage("qat", qmodel, tokenizer, out)
-        qmodel = load_pretrained(IBertForSequenceClassification, out / "qat" / "model", quant_mode=True,
-                                 force_dequant=cfg.force_dequant)
+        qmodel = load(out / "qat" / "model", quant_mode=True, force_dequant=cfg.force_dequant)
         models["fake-quant"] = qmodel
         if cfg.force_dequant == "none":
             integer_dir = out / "integer"
-            if not (integer_dir / DONE).exists():
-                atomic.write_dir(integer_dir, lambda d: save_integer(convert_to_integer(qmodel.eval()), d))
+            if (integer_dir / DONE).exists():
+                check_identity(integer_dir, qat_identity)
+            else:
+                atomic.write_dir(integer_dir, lambda d: (check_identity(d, qat_identity),
+                                                         save_integer(convert_to_integer(qmodel.eval()), d)))
                 (integer_dir / DONE).write_text("done\n")
-            models["integer-only"] = load_integer(integer_dir)
+            models["integer-only"] = load_integer(integer_dir, device)
         if "fp32" not in models and cfg.init_from:
-            models["fp32"] = load_pretrained(IBertForSequenceClassification, init, quant_mode=False)
+            models["fp32"] = load(init, quant_mode=False)
 
     metrics = {}
     for path, model in models.items():

@@ -11,7 +11,7 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from ibert.training import run  # noqa: E402
@@ -20,9 +20,6 @@ from ibert.training import run  # noqa: E402
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("ibert").setLevel(logging.INFO)
-    with open_dict(cfg):
-        if cfg.quant_mode and cfg.path.name == "fp32":  # quant_mode=true given on its own picks the QAT path
-            cfg.path.name = "qat"
     run(cfg)
 
 

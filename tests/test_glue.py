@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,11 @@ import pytest
 import torch
 import transformers
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
+import ibert.runs  # noqa: F401  (the configs' resolvers)
 from ibert import glue
 from ibert.checkpoints import offline_minilm_path
 
@@ -54,6 +56,33 @@ def test_top_level_overrides():
     assert cfg.quant_mode is True and cfg.force_dequant == "gelu"
     assert compose_cfg(["path=qat"]).quant_mode is True
     assert compose_cfg([]).quant_mode is False
+
+
+@pytest.mark.parametrize("overrides,run_dir", [
+    (["task=sst2"], "runs/sst2/minilm/fp32-none-seed42"),
+    (["task=sst2", "quant_mode=true"], "runs/sst2/minilm/qat-none-seed42"),
+    (["experiment=sst2_minilm_cpu"], "runs/sst2/minilm/qat-none-seed42"),
+    (["task=rte", "path=qat", "seed=3", "recipe.qat_lr=1e-6", "threads=2"], "runs/rte/minilm/qat-none-seed3,recipe.qat_lr=1e-6"),
+])
+def test_run_directory_is_named_by_its_config(overrides, run_dir):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.hydra.run.dir == run_dir
+    assert cfg.hydra.sweep.subdir == run_dir.rsplit("/", 1)[1]
+    assert cfg.path.name == run_dir.rsplit("/", 1)[1].split("-")[0]
+
+
+def test_device_choice():
+    from ibert.training import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
 
 
 def test_unknown_task_is_a_clear_error():
@@ -142,27 +171,62 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and saved["git_commit"] and saved["seed"] == 42
     assert (tmp_path / "integer" / "integer_model.safetensors").exists()
+    again = run(cfg)  # the same config: every stage is reused
+    assert again["metrics"] == results["metrics"] and "fp32_train_s" not in again["times_s"]
+    for override, stage in (("recipe.qat_lr=3e-6", "qat"), ("recipe.lr=1e-4", "fp32"), ("seed=1", "fp32")):
+        changed = compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+                              + [f"output_dir={tmp_path}", override])
+        with pytest.raises(ValueError, match=f"{tmp_path / stage} was run with another config "
+                                             f"\\({override.split('=')[0]}: "):
+            run(changed)
 
 
-def test_resume_after_kill(tiny_setup, tmp_path):
+# Runs train.py and SIGKILLs it right after it writes the checkpoint of step AT of stage STAGE.
+KILL_AT_CHECKPOINT = """
+import os, runpy, signal, sys
+import torch
+from ibert import atomic
+stage, at = sys.argv[1], int(sys.argv[2])
+write = atomic.write_file
+def write_then_die(path, fn):
+    write(path, fn)
+    if path.name == "last.pt" and path.parent.name == stage and torch.load(path, weights_only=True)["step"] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+atomic.write_file = write_then_die
+sys.argv = ["train.py", *sys.argv[3:]]
+runpy.run_path("scripts/train.py", run_name="__main__")
+"""
+
+
+def saved_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    files = {"fp32": "fp32/model/model.safetensors", "qat": "qat/model/model.safetensors",
+             "integer": "integer/integer_model.safetensors"}
+    return {f"{stage}/{k}": v for stage, f in files.items() for k, v in load_file(run_dir / f).items()}
+
+
+def test_resume_after_kill_is_exact(tiny_setup, tmp_path):
+    """Killed at a checkpoint of each stage and started again, a run ends with the same parameters, activation
+    ranges and integer engine, bit for bit, as a run never interrupted."""
     model_dir, glue_dir = tiny_setup
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"),
-           *[o.replace("recipe.max_steps=6", "recipe.max_steps=40") for o in tiny_overrides(model_dir, glue_dir, out)]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    ckpt = out / "fp32" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 4:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
-    assert 4 <= killed_at < 18  # 48 examples, batch 8, 3 epochs: 18 steps
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"[fp32] resumed from step {killed_at} of " in again.stdout + again.stderr
-    assert json.loads((out / "results.json").read_text())["metrics"]["integer-only"]
+
+    def train(out, *kill):
+        overrides = [o.replace("recipe.max_steps=6", "recipe.max_steps=14") for o in tiny_overrides(model_dir, glue_dir, out)]
+        cmd = [sys.executable, "-c", KILL_AT_CHECKPOINT, *kill, *overrides] if kill else \
+            [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+    uninterrupted = train(tmp_path / "once")
+    assert uninterrupted.returncode == 0, uninterrupted.stdout[-3000:] + uninterrupted.stderr[-3000:]
+    out = tmp_path / "killed"
+    assert train(out, "fp32", "4").returncode == -signal.SIGKILL
+    second = train(out, "qat", "4")
+    assert second.returncode == -signal.SIGKILL and "[fp32] resumed from step 4 of 14" in second.stdout + second.stderr
+    resumed = train(out)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[qat] resumed from step 4 of 6" in resumed.stdout + resumed.stderr
+    expected, got = saved_tensors(tmp_path / "once"), saved_tensors(out)
+    assert expected.keys() == got.keys() and any(k.endswith("x_max") for k in got)
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    once, again = (json.loads((d / "results.json").read_text())["metrics"] for d in (tmp_path / "once", out))
+    assert once == again

@@ -6,6 +6,7 @@ import transformers.models.ibert.modeling_ibert as hf_ibert
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ibert
+import kernels
 from ibert import IBertConfig
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from kernels._cpu import cpp_available
@@ -284,3 +285,42 @@ def test_bad_inputs_raise_clear_errors():
         model(input_ids=ids[:0])
     with pytest.raises(ValueError, match="exactly one of"):
         model()
+
+
+def test_fake_quant_gelu_requantizes_its_integers_exactly():
+    """i-GELU's int32 results reach 2**30, where a float32 holds only every 64th integer. An output range with a
+    rounding boundary between one such result and its float32 neighbour tells an exact requantization (the
+    engine's) from a round trip through float."""
+    from ibert.quant import IntGELU, QuantAct
+
+    s = torch.tensor([2e-4])
+    q16 = torch.arange(-32767, 32768, 7, dtype=torch.int32)
+    params, s_g = kernels.gelu_params(s)
+    g = kernels.gelu(q16, params)
+    through_float = torch.round(g.float() * s_g / s_g).int()  # what a float32 round trip hands on
+    out_act = QuantAct(8, quant_mode=True)
+    for i in torch.nonzero(through_float != g).flatten().flip(0).tolist():  # put a boundary between the two
+        out_act.x_max.fill_(127 * float(s_g) * (g[i] + through_float[i]).item() / 2 / 100.5)
+        m, e = out_act.multiplier(s_g)
+        if not torch.equal(kernels.requantize(through_float, m, e, 8), kernels.requantize(g, m, e, 8)):
+            break
+    else:
+        raise AssertionError("no output range separates a result from its float32 neighbour")
+    gelu = IntGELU(quant_mode=True).eval()
+    y, s_out = gelu(q16.float() * s, s, out_act)
+    assert torch.equal(torch.round(y / s_out).to(torch.int8), kernels.requantize(g, m, e, 8))
+
+
+def test_integer_engine_equals_fake_quant_at_roberta_base_width():
+    """768 wide, FFN 3072 (K = 3072 accumulators), activations spread over every range they are calibrated on."""
+    torch.manual_seed(0)
+    model = ibert.IBertModel(IBertConfig(quant_mode=True, num_hidden_layers=2, vocab_size=99,
+                                         max_position_embeddings=70), add_pooling_layer=False).train()
+    ids = torch.randint(2, 99, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(input_ids=ids)
+        model.eval()
+        expected = model(input_ids=ids, output_hidden_states=True).hidden_states
+        got = convert_to_integer(model)(input_ids=ids, output_hidden_states=True).hidden_states
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b)
