@@ -140,11 +140,28 @@ def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config, gelu=No
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`torch._int_mm(a, b)` for a [M, K], b [K, N] int8, exact int32. With K = 1, `b` can arrive as a view with
-    strides (1, 1), which `torch._int_mm` silently leaves unwritten (torch 2.13): the outer product instead."""
-    if a.shape[1] == 1:
+    """`torch._int_mm(a, b)` for a [M, K], b [K, N] int8, exact int32, for every shape on every device.
+    With K = 1, `b` can arrive as a view with strides (1, 1), which `torch._int_mm` silently leaves unwritten
+    (torch 2.13): the outer product instead. CUDA's `_int_mm` wants M > 16 and K, N multiples of 8."""
+    M, K = a.shape
+    N = b.shape[1]
+    if K == 1:
         return torch.mul(a.int(), b.int(), out=out)
+    if a.is_cuda and (M <= 16 or K % 8 or N % 8):
+        return _padded_int_mm(a, b, out)
     return torch._int_mm(a, b, out=out)
+
+
+def _padded_int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`_int_mm` on operands zero-padded to M >= 17 and K, N multiples of 8 (zeros add nothing: exact)."""
+    (M, K), N = a.shape, b.shape[1]
+    pad = lambda n, to: max(-(-n // to) * to, to)
+    a_pad = a.new_zeros(max(M, 17), pad(K, 8))
+    a_pad[:M, :K] = a
+    b_pad = b.new_zeros(a_pad.shape[1], pad(N, 8))
+    b_pad[:K, :N] = b
+    c = torch._int_mm(a_pad, b_pad)[:M, :N]
+    return c if out is None else out.copy_(c)
 
 
 def _matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

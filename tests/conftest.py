@@ -9,7 +9,16 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton tests run
+
+
+def on_device(tree):
+    """The tensors of `tree` on DEVICE: Triton runs on the GPU where there is one, else in the interpreter."""
+    return torch.utils._pytree.tree_map(lambda t: t.to(DEVICE) if isinstance(t, torch.Tensor) else t, tree)
+
+
+def on_cpu(tree):
+    return torch.utils._pytree.tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, tree)
 
 
 def pytest_collection_modifyitems(config, items):

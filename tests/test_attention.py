@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import on_cpu, on_device
 from kernels import attention, dyadic, softmax_params
 from kernels.attention import MAX_FUSED_S
 
@@ -20,8 +21,12 @@ def inputs(B, S, heads, d, seed=0, scale=4e-3):
     return qkv, softmax_params(torch.tensor(scale)), m, e, mask
 
 
-def run(backend, qkv, heads, params, m, e, mask=None, head_mask=None):
-    return attention(qkv, heads, params, m, e, mask, head_mask, return_probs=True, backend=backend)
+def run(backend, qkv, heads, params, m, e, mask=None, head_mask=None, **kw):
+    """attention(...) on CPU tensors in, CPU tensors out; Triton runs on the test device."""
+    args = (qkv, heads, params, m, e, mask, head_mask)
+    if backend == "triton":
+        return on_cpu(attention(*on_device(args), return_probs=True, backend=backend, **kw))
+    return attention(*args, return_probs=True, backend=backend, **kw)
 
 
 @pytest.mark.cpp
@@ -88,7 +93,7 @@ def test_triton_fused_equals_reference(B, S, heads, d):
         ctx, probs = run("triton", qkv, heads, params, m, e, *args)
         ref_ctx, ref_probs = run("torch", qkv, heads, params, m, e, *args)
         assert torch.equal(ctx, ref_ctx) and torch.equal(probs, ref_probs)
-    ctx, _ = attention(qkv, heads, params, m, e, mask, backend="triton", config={"BLOCK_M": 16, "num_warps": 2})
+    ctx, _ = run("triton", qkv, heads, params, m, e, mask, config={"BLOCK_M": 16, "num_warps": 2})
     assert torch.equal(ctx, run("torch", qkv, heads, params, m, e, mask)[0])
 
 
@@ -133,8 +138,7 @@ def test_triton_extremes_equal_reference():
 def test_empty_batch_or_sequence(backend):
     _, params, m, e, _ = inputs(1, 1, 2, 8)
     for B, S in ((0, 5), (2, 0)):
-        ctx, probs = attention(torch.zeros(B, S, 48, dtype=torch.int8), 2, params, m, e, return_probs=True,
-                               backend=backend)
+        ctx, probs = run(backend, torch.zeros(B, S, 48, dtype=torch.int8), 2, params, m, e)
         assert ctx.shape == (B, S, 16) and probs.shape == (B, 2, S, S)
 
 

@@ -9,6 +9,7 @@ from kernels import (
     dyadic, gelu, gelu_params, int8_bmm, int8_matmul, layernorm, layernorm_params, requantize, softmax,
     softmax_params,
 )
+from conftest import on_device
 from kernels.layernorm import isqrt_reference
 from kernels.softmax import MAX_Z, exp_scale, floor_div_small, int_exp_reference, softmax_reference
 
@@ -21,7 +22,9 @@ def randint(lo, hi, shape, dtype, seed=0):
 
 
 def both(fn, *args, **kw):
-    a = fn(*args, backend="triton", **kw)
+    """(Triton on the test device, the torch reference where the arguments are), both on the arguments' device."""
+    device = next(t.device for t in torch.utils._pytree.tree_leaves((args, kw)) if isinstance(t, torch.Tensor))
+    a = fn(*on_device(args), backend="triton", **on_device(kw)).to(device)
     b = fn(*args, backend="torch", **kw)
     assert a.dtype == b.dtype and a.shape == b.shape
     return a, b
@@ -433,3 +436,15 @@ def test_triton_on_gpu_equals_reference(M, K, N):
     m, e = dyadic(torch.rand(N, dtype=torch.float64, device="cuda") * 1e-4)
     x, y = both(int8_matmul, a, b, bias, m, e, 8)
     assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 3, 5), (16, 8, 8), (17, 64, 7), (2, 100, 33)])
+def test_padded_int_mm_for_cuda_shapes_is_exact(M, K, N):
+    """The shapes CUDA's `_int_mm` rejects run zero-padded (checked here on the CPU, where it runs too)."""
+    from kernels.gemm import _padded_int_mm
+
+    a, b = randint(-128, 127, (M, K), torch.int8), randint(-128, 127, (K, N), torch.int8, seed=1)
+    expected = a.long() @ b.long()
+    assert torch.equal(_padded_int_mm(a, b).long(), expected)
+    out = torch.empty(M, N, dtype=torch.int32)
+    assert _padded_int_mm(a, b.t().contiguous().t(), out) is out and torch.equal(out.long(), expected)

@@ -138,11 +138,12 @@ def test_timed_sweep_picks_the_fastest_exact_config_and_the_kernels_load_it(tmp_
 
 def test_bad_launch_config_is_a_clear_error():
     import kernels
+    from conftest import DEVICE
 
-    x = torch.zeros(2, 8, dtype=torch.int32)
-    params = kernels.softmax_params(torch.tensor(1e-3))
+    x = torch.zeros(2, 8, dtype=torch.int32, device=DEVICE)
+    params = kernels.softmax_params(torch.tensor(1e-3, device=DEVICE))
     with pytest.raises(ValueError, match="softmax config needs exactly the keys"):
         kernels.softmax(x, params, backend="triton", config={"BLOCK": 128})
-    a = torch.zeros(4, 32, dtype=torch.int8)
+    a = torch.zeros(4, 32, dtype=torch.int8, device=DEVICE)
     with pytest.raises(ValueError, match="GEMM config needs exactly the keys"):
         kernels.int8_matmul(a, a, backend="triton", config={"BLOCK_M": 64})
