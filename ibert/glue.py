@@ -128,29 +128,15 @@ def _load_hub(task: Task, split: str) -> dict[str, list]:
 
 
 def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Official GLUE metrics, in percent. predictions: class indices, or scores for regression."""
-    out = {}
-    for metric in task.metrics:
-        if metric == "accuracy":
-            out[metric] = float((predictions == labels).mean())
-        elif metric == "f1":
-            tp = float(((predictions == 1) & (labels == 1)).sum())
-            fp = float(((predictions == 1) & (labels == 0)).sum())
-            fn = float(((predictions == 0) & (labels == 1)).sum())
-            out[metric] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        elif metric == "matthews_correlation":
-            out[metric] = _matthews(predictions, labels)
-        elif metric == "pearson":
-            out[metric] = float(stats.pearsonr(predictions, labels)[0])
-        elif metric == "spearmanr":
-            out[metric] = float(stats.spearmanr(predictions, labels)[0])
-    return {k: 100.0 * v for k, v in out.items()}
+    """Official GLUE metrics, in percent (scikit-learn's and scipy's, as the GLUE metric of HuggingFace
+    `evaluate`). predictions: class indices, or scores for regression."""
+    from sklearn import metrics as skm
 
-
-def _matthews(p: np.ndarray, y: np.ndarray) -> float:
-    tp = float(((p == 1) & (y == 1)).sum())
-    tn = float(((p == 0) & (y == 0)).sum())
-    fp = float(((p == 1) & (y == 0)).sum())
-    fn = float(((p == 0) & (y == 1)).sum())
-    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return float((tp * tn - fp * fn) / denom) if denom else 0.0
+    scores = {
+        "accuracy": lambda: skm.accuracy_score(labels, predictions),
+        "f1": lambda: skm.f1_score(labels, predictions, zero_division=0.0),
+        "matthews_correlation": lambda: skm.matthews_corrcoef(labels, predictions),
+        "pearson": lambda: stats.pearsonr(predictions, labels)[0],
+        "spearmanr": lambda: stats.spearmanr(predictions, labels)[0],
+    }
+    return {m: 100.0 * float(scores[m]()) for m in task.metrics}

@@ -6,6 +6,7 @@ current config: a difference is an error naming the keys, never a silent reuse o
 """
 from __future__ import annotations
 
+import importlib.resources
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ibert import atomic
 
+CONFIG_DIR = str(importlib.resources.files("ibert.configs"))  # configs/ (installed: ibert.configs)
 IDENTITY = "identity.json"
 # What every training stage depends on (dotted keys of the resolved config).
 _TRAINING_KEYS = ("task.name", "model.name_or_path", "seed", "recipe.batch_size", "recipe.weight_decay",

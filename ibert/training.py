@@ -4,7 +4,6 @@ a finished stage is skipped when the run is started again with the same output d
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from ibert import atomic, glue
 from ibert.runs import check_identity, stage_identity
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer, load_integer, save_integer
+from ibert.inference import logits_of, predictions
 from ibert.modeling import IBertForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -171,19 +171,14 @@ def finish_stage(name: str, model, tokenizer, out: Path) -> None:
     (out / name / "last.pt").unlink(missing_ok=True)
 
 
-@torch.no_grad()
 def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, dict[str, float]]:
+    """The task's metrics on each dev split."""
     model.eval()
-    device = next(itertools.chain(model.parameters(), model.buffers())).device
     results = {}
     for split, examples in data.dev.items():
-        preds, labels = [], []
-        for i in range(0, len(examples), batch_size):
-            batch = data.collate(examples[i:i + batch_size])
-            labels.append(batch.pop("labels").numpy())
-            logits = model(**to_device(batch, device)).logits.cpu()
-            preds.append(logits.squeeze(-1).numpy() if task.labels is None else logits.argmax(-1).numpy())
-        results[split] = glue.compute_metrics(task, np.concatenate(preds), np.concatenate(labels))
+        logits = logits_of(model, data.collate, examples, batch_size)
+        labels = np.array([ex["labels"] for ex in examples])
+        results[split] = glue.compute_metrics(task, predictions(task, logits), labels)
     return results
 
 
@@ -249,7 +244,8 @@ def run(cfg: DictConfig) -> dict:
                 check_identity(integer_dir, qat_identity)
             else:
                 atomic.write_dir(integer_dir, lambda d: (check_identity(d, qat_identity),
-                                                         save_integer(convert_to_integer(qmodel.eval()), d)))
+                                                         save_integer(convert_to_integer(qmodel.eval()), d),
+                                                         tokenizer.save_pretrained(d)))
                 (integer_dir / DONE).write_text("done\n")
             models["integer-only"] = load_integer(integer_dir, device)
         if "fp32" not in models and cfg.init_from:

@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 BATCHES, SEQS = (1, 8, 32), (128, 256)
@@ -143,8 +142,8 @@ def check_config(cfg: dict, kernel: str = "gemm", device: str = "cpu") -> bool:
 def interpreter_checks(configs: list[dict], kernel: str = "gemm") -> list[bool]:
     """Run `check_config` for each config in a subprocess under TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = ("import json, sys; sys.path.insert(0, %r); from scripts.autotune import check_config; "
-            "print(json.dumps([check_config(c, %r) for c in json.loads(sys.stdin.read())]))" % (str(ROOT), kernel))
+    code = ("import json, sys; from ibert.scripts.autotune import check_config; "
+            "print(json.dumps([check_config(c, %r) for c in json.loads(sys.stdin.read())]))" % kernel)
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(configs), capture_output=True, text=True,
                          env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

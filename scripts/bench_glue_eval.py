@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import kernels
-from _bench import append_rows, device_name, print_table
+from ibert.scripts._bench import append_rows, device_name, print_table
 from ibert import IBertForSequenceClassification, glue
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from _bench import append_rows, device_name, measure, print_table
+from ibert.scripts._bench import append_rows, device_name, measure, print_table
 
 GEMM_KN = [(768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 4096), (4096, 1024)]
 GEMM_M = [128, 1024, 4096]

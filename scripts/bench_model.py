@@ -15,7 +15,7 @@ import transformers
 
 import ibert
 import kernels
-from _bench import append_rows, device_name, measure, paired, print_table
+from ibert.scripts._bench import append_rows, device_name, measure, paired, print_table
 from ibert.engine import convert_to_integer
 
 

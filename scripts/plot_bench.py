@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from _bench import RESULTS_CSV  # noqa: E402
+from ibert.scripts._bench import RESULTS_CSV  # noqa: E402
 
 INTEGER_IMPLS = {"gemm": "int8+requant", "nonlinear": "integer", "model-forward": "ours integer engine",
                  "latency-grid": "integer engine"}

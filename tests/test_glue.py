@@ -105,6 +105,22 @@ def test_metrics():
     assert set(m) == {"pearson", "spearmanr"}
 
 
+@needs_glue
+@pytest.mark.parametrize("task_name", ["cola", "mrpc", "sst2"])
+def test_metrics_on_real_dev_labels_equal_the_definitions(task_name):
+    """scikit-learn's metrics (what compute_metrics uses) against their definitions from the confusion counts."""
+    task = glue.get_task(task_name)
+    y = np.asarray(glue.load_split(task, "dev", GLUE_DIR)["label"])
+    for seed in range(3):
+        p = np.where(np.random.default_rng(seed).random(len(y)) < 0.8, y, 1 - y)  # 80% right
+        tp, tn = float(((p == 1) & (y == 1)).sum()), float(((p == 0) & (y == 0)).sum())
+        fp, fn = float(((p == 1) & (y == 0)).sum()), float(((p == 0) & (y == 1)).sum())
+        expected = {"accuracy": (tp + tn) / len(y), "f1": 2 * tp / (2 * tp + fp + fn),
+                    "matthews_correlation": (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))}
+        got = glue.compute_metrics(task, p, y)
+        assert got == pytest.approx({m: 100 * expected[m] for m in task.metrics}, abs=1e-9)
+
+
 @pytest.mark.parametrize("group", [False, True])
 def test_epoch_batches_cover_every_example_once(group):
     from ibert.training import epoch_batches
@@ -173,12 +189,39 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     assert (tmp_path / "integer" / "integer_model.safetensors").exists()
     again = run(cfg)  # the same config: every stage is reused
     assert again["metrics"] == results["metrics"] and "fp32_train_s" not in again["times_s"]
+    check_evaluate_and_predict(tmp_path, glue_dir, results)
     for override, stage in (("recipe.qat_lr=3e-6", "qat"), ("recipe.lr=1e-4", "fp32"), ("seed=1", "fp32")):
         changed = compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
                               + [f"output_dir={tmp_path}", override])
         with pytest.raises(ValueError, match=f"{tmp_path / stage} was run with another config "
                                              f"\\({override.split('=')[0]}: "):
             run(changed)
+
+
+def check_evaluate_and_predict(run_dir, glue_dir, results):
+    """scripts/evaluate.py and scripts/predict.py on a finished run: the engine's dev metrics as the run had them."""
+    from ibert.scripts import predict
+    from ibert.scripts.evaluate import evaluate
+
+    def evaluate_with(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return evaluate(compose(config_name="evaluate", overrides=[f"model_dir={run_dir}", f"glue_dir={glue_dir}",
+                                                                       "task=sst2", *overrides]))
+
+    on_dev = evaluate_with()
+    assert on_dev["path"] == "integer-only" and on_dev["model_dir"] == str(run_dir / "integer")
+    assert on_dev["metrics"] == results["metrics"]["integer-only"]["dev"]
+    assert json.loads((run_dir / "integer" / "eval" / "sst2-dev.json").read_text())["metrics"] == on_dev["metrics"]
+    on_file = evaluate_with(f"data_file={glue_dir / 'SST-2' / 'dev.tsv'}", f"output={run_dir / 'file.json'}",
+                            f"model_dir={run_dir / 'fp32' / 'model'}")
+    assert on_file["path"] == "fp32" and on_file["metrics"] == results["metrics"]["fp32"]["dev"]
+    with pytest.raises(ValueError, match="task stsb needs 1"):
+        evaluate_with("task=stsb")
+    out = run_dir / "predictions.jsonl"
+    predict.main(["--model", str(run_dir), "--task", "sst2", "good great fine", "bad awful poor", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [["good great fine"], ["bad awful poor"]]
+    assert all(r["label"] in ("0", "1") and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in rows)
 
 
 # Runs train.py and SIGKILLs it right after it writes the checkpoint of step AT of stage STAGE.

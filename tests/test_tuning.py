@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kernels import tuning
-from scripts import autotune
-from scripts.autotune import ROW_SIZES, check_config, kernel_configs, sweep_configs
+from ibert.scripts import autotune
+from ibert.scripts.autotune import ROW_SIZES, check_config, kernel_configs, sweep_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def test_config_correctness_check_under_interpreter(cfg):
     ("gelu", dict(BLOCK=2048, num_warps=8), ["sm80", "sm90"]),
 ])
 def test_aot_report_for_a_config(kernel, cfg, targets):
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.autotune import aot_reports; "
+    code = (f"import json; from ibert.scripts.autotune import aot_reports; "
             f"print(json.dumps(aot_reports([{cfg!r}], {kernel!r})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
