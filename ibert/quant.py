@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -113,7 +114,12 @@ class QuantAct(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
+        """Update the range with x's min and max; under data-parallel training, those of the global batch (the
+        ranks' shards reduced), so every rank keeps the range one process would."""
         lo, hi = (v.reshape(1).float() for v in torch.aminmax(x.detach()))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(lo, dist.ReduceOp.MIN)
+            dist.all_reduce(hi, dist.ReduceOp.MAX)
         if bool((self.x_min == self.x_max).all()):
             self.x_min.copy_(lo)
             self.x_max.copy_(hi)

@@ -45,10 +45,12 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-def stage_identity(cfg: DictConfig, stage: str, depends_on: dict | None = None) -> dict:
-    """The values `stage` ('fp32' or 'qat') depends on; `depends_on`: the identity of the stage it starts from."""
+def stage_identity(cfg: DictConfig, stage: str, world_size: int = 1, depends_on: dict | None = None) -> dict:
+    """The values `stage` ('fp32' or 'qat') depends on, with the number of data-parallel processes (each has its
+    own dropout stream); `depends_on`: the identity of the stage it starts from."""
     values = {key: OmegaConf.select(cfg, key) for key in (*_TRAINING_KEYS, *_STAGE_KEYS[stage])}
     values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    values["world_size"] = world_size
     if depends_on:
         values.update({f"from.{k}": v for k, v in depends_on.items()})
     return values

@@ -1,6 +1,8 @@
 """The GLUE recipe: stage 1 fp32 fine-tune, stage 2 QAT from it, conversion to the integer engine, and an
-evaluation of every path on dev. Each stage checkpoints atomically every N steps and resumes after a kill;
-a finished stage is skipped when the run is started again with the same output directory.
+evaluation of every path on dev. Each stage checkpoints atomically every N steps and resumes after a kill, bit
+for bit; a finished stage is skipped when the run is started again with the same output directory. Under
+`torchrun` the stages train data-parallel (DDP): each global batch of `recipe.batch_size` is split between the
+processes, and rank 0 alone writes checkpoints, models, logs and results.
 """
 from __future__ import annotations
 
@@ -16,16 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 import kernels
 from ibert import atomic, glue
-from ibert.runs import check_identity, stage_identity
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from ibert.inference import logits_of, predictions
+from ibert.loggers import RunLog, make_log
 from ibert.modeling import IBertForSequenceClassification
+from ibert.placement import World, init_world
+from ibert.runs import check_identity, stage_identity
 
 log = logging.getLogger(__name__)
 DONE = "DONE"
@@ -38,27 +43,28 @@ class Data:
     collate: DataCollatorWithPadding
 
 
+@dataclass
+class RunContext:
+    """What every stage of one run shares."""
+
+    cfg: DictConfig
+    task: glue.Task
+    data: Data
+    out: Path
+    device: torch.device
+    world: World
+    log: RunLog
+
+
 def model_path(cfg: DictConfig) -> str:
     return cfg.model.name_or_path or offline_minilm_path()
-
-
-def resolve_device(name: str) -> torch.device:
-    """`device=auto` is CUDA when a GPU is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda, but CUDA is not available here (torch.cuda.is_available() is False): "
-                         "use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def rng_state(device: torch.device) -> dict:
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"torch_rng": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -109,12 +115,12 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_leng
     return batches
 
 
-def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cfg: DictConfig, lr: float,
-                epochs: float, max_steps: int | None, out: Path, device: torch.device) -> float:
-    """Fine-tune `model` (on `device`) in place, resuming from out/name/last.pt; returns the seconds this call
-    trained."""
-    stage_dir = out / name
-    r = cfg.recipe
+def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContext, lr: float, epochs: float,
+                max_steps: int | None) -> float:
+    """Fine-tune `model` (on ctx.device) in place, resuming from <run dir>/<name>/last.pt; returns the seconds this
+    call trained. Logs loss, learning rate and gradient norm every `logger.every_n_steps` steps, and the dev metrics
+    every `recipe.eval_every` steps (if set)."""
+    cfg, data, world, r = ctx.cfg, ctx.data, ctx.world, ctx.cfg.recipe
     steps_per_epoch = math.ceil(len(data.train) / r.batch_size)
     total = math.ceil(epochs * steps_per_epoch)
     if max_steps:
@@ -124,51 +130,79 @@ def train_stage(name: str, model: IBertForSequenceClassification, data: Data, cf
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=tuple(r.adam_betas), eps=r.adam_eps)
     sched = get_linear_schedule_with_warmup(opt, int(r.warmup_ratio * total), total)
-    step, ckpt = 0, stage_dir / "last.pt"
+    step, ckpt, losses = 0, ctx.out / name / "last.pt", []  # losses: of the steps not yet logged
     if ckpt.exists():
         try:
-            state = torch.load(ckpt, map_location=device, weights_only=True)
+            state = torch.load(ckpt, map_location=ctx.device, weights_only=True)
         except Exception as exc:  # truncated or foreign file: say which, keep it for inspection
             raise ValueError(f"corrupt training checkpoint {ckpt}: {exc}") from exc
+        if len(state["rng"]) != world.size:
+            raise ValueError(f"{ckpt} was written by {len(state['rng'])} process(es), this run has {world.size}")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        set_rng_state({k: v.cpu() for k, v in state["rng"].items()}, device)
-        step = state["step"]
+        set_rng_state({k: v.cpu() for k, v in state["rng"][world.rank].items()}, ctx.device)
+        step, losses = state["step"], list(state["losses"][world.rank])
         log.info("%s: resumed from step %d of %d (%s)", name, step, total, ckpt)
-        print(f"[{name}] resumed from step {step} of {total}", flush=True)
+        if world.main:
+            print(f"[{name}] resumed from step {step} of {total}", flush=True)
+    if world.main:
+        ctx.log.start_stage(name, step)
     model.train()
+    net = model if world.size == 1 else DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     start = time.time()
-    bar = tqdm(total=total, initial=step, desc=f"{name}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"{name}", unit="step", dynamic_ncols=True, disable=not world.main)
     lengths = np.array([len(ex["input_ids"]) for ex in data.train])
     batches = None
     while step < total:
         epoch, i = divmod(step, steps_per_epoch)
         if i == 0 or batches is None:
             batches = epoch_batches(lengths, r.batch_size, cfg.seed + epoch, r.group_by_length)
-        batch = to_device(data.collate([data.train[j] for j in batches[i]]), device)
-        loss = model(**batch).loss
+        shard, weight = world.shard(batches[i])
+        batch = to_device(data.collate([data.train[j] for j in shard]), ctx.device)
+        loss = net(**batch).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
+        (loss * weight).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
         opt.step()
         sched.step()
         step += 1
+        losses.append(loss.item() * weight)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch, lr=f"{sched.get_last_lr()[0]:.2e}")
+        if step % cfg.logger.every_n_steps == 0 or step == total:
+            values = {"loss": world.mean(float(np.mean(losses))), "lr": sched.get_last_lr()[0],
+                      "grad_norm": float(grad_norm), "epoch": step / steps_per_epoch}
+            losses = []
+            if world.main:
+                ctx.log.log(name, step, values)
+        if r.eval_every and (step % r.eval_every == 0 or step == total):
+            if world.main:
+                ctx.log.log(name, step, flat_metrics(evaluate(model, data, ctx.task, r.eval_batch_size)))
+                model.train()
+            world.barrier()
         if step % r.checkpoint_every == 0 or step == total:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "rng": rng_state(device), "step": step}
-            atomic.write_file(ckpt, lambda p: torch.save(state, p))
+            rngs = world.gather({k: v.cpu() for k, v in rng_state(ctx.device).items()})
+            pending = world.gather(losses)
+            if world.main:
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "rng": rngs, "losses": pending, "step": step}
+                atomic.write_file(ckpt, lambda p: torch.save(state, p))
+            world.barrier()
     bar.close()
+    world.check_in_sync(model)
     return time.time() - start
 
 
-def finish_stage(name: str, model, tokenizer, out: Path) -> None:
-    """Save the stage's final model (HuggingFace layout) and mark the stage done."""
-    atomic.write_dir(out / name / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
-    (out / name / DONE).write_text("done\n")
-    (out / name / "last.pt").unlink(missing_ok=True)
+def finish_stage(name: str, model, tokenizer, ctx: RunContext) -> None:
+    """Save the stage's final model (HuggingFace layout) and mark the stage done (rank 0; the others wait)."""
+    if ctx.world.main:
+        out = ctx.out
+        atomic.write_dir(out / name / "model", lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+        (out / name / DONE).write_text("done\n")
+        (out / name / "last.pt").unlink(missing_ok=True)
+    ctx.world.barrier()
 
 
 def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, dict[str, float]]:
@@ -182,6 +216,11 @@ def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, d
     return results
 
 
+def flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{'dev/accuracy': ...} from {'dev': {'accuracy': ...}}."""
+    return {f"{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -191,18 +230,18 @@ def git_commit() -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    """The whole pipeline for one task; returns (and writes) the results."""
+    """The whole pipeline for one task; returns (and, on rank 0, writes) the results."""
     task = glue.get_task(cfg.task.name)
     quant = bool(cfg.quant_mode)
     if cfg.path.name != "fp32" and not quant:
         raise ValueError(f"path={cfg.path.name} needs quant_mode=true")
-    device = resolve_device(cfg.device)
+    world, device = init_world(cfg.device)
     commit = git_commit()  # the code that runs is the code checked out at the start
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + world.rank)  # each rank its own dropout stream
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     kernels.set_compile(bool(cfg.compile))
@@ -210,58 +249,73 @@ def run(cfg: DictConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(src)
     need_fp32_stage = not (quant and cfg.init_from)
     data = load_data(cfg, task, tokenizer, need_train=True)
-    log.info("task %s: %d train examples, dev %s; device %s", task.name, len(data.train),
-             {k: len(v) for k, v in data.dev.items()}, device)
+    log.info("task %s: %d train examples, dev %s; device %s, %d process(es)", task.name, len(data.train),
+             {k: len(v) for k, v in data.dev.items()}, device, world.size)
+    ctx = RunContext(cfg, task, data, out, device, world, make_log(cfg, out) if world.main else RunLog())
     times, models = {}, {}
     labels = dict(num_labels=task.num_labels, problem_type="regression" if task.labels is None else None)
     load = lambda path, **kw: load_pretrained(IBertForSequenceClassification, path, **kw).to(device)
 
-    fp32_identity = stage_identity(cfg, "fp32") if need_fp32_stage else None
+    def check(stage_dir: Path, identity: dict) -> None:
+        if world.main:
+            check_identity(stage_dir, identity)
+        world.barrier()
+
+    fp32_identity = stage_identity(cfg, "fp32", world.size) if need_fp32_stage else None
     if need_fp32_stage:
-        check_identity(out / "fp32", fp32_identity)
+        check(out / "fp32", fp32_identity)
         if (out / "fp32" / DONE).exists():
             model = load(out / "fp32" / "model", quant_mode=False)
         else:
             model = load(src, quant_mode=False, **labels)
-            times["fp32_train_s"] = train_stage("fp32", model, data, cfg, cfg.recipe.lr, cfg.recipe.epochs,
-                                                cfg.recipe.max_steps, out, device)
-            finish_stage("fp32", model, tokenizer, out)
+            times["fp32_train_s"] = train_stage("fp32", model, ctx, cfg.recipe.lr, cfg.recipe.epochs,
+                                                cfg.recipe.max_steps)
+            finish_stage("fp32", model, tokenizer, ctx)
         models["fp32"] = model
     init = Path(cfg.init_from) if cfg.init_from else out / "fp32" / "model"
     if quant:
-        qat_identity = stage_identity(cfg, "qat", fp32_identity)
-        check_identity(out / "qat", qat_identity)
+        qat_identity = stage_identity(cfg, "qat", world.size, fp32_identity)
+        check(out / "qat", qat_identity)
         if not (out / "qat" / DONE).exists():
             qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant)
-            times["qat_train_s"] = train_stage("qat", qmodel, data, cfg, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
-                                               cfg.recipe.qat_max_steps, out, device)
-            finish_stage("qat", qmodel, tokenizer, out)
+            times["qat_train_s"] = train_stage("qat", qmodel, ctx, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
+                                               cfg.recipe.qat_max_steps)
+            finish_stage("qat", qmodel, tokenizer, ctx)
         qmodel = load(out / "qat" / "model", quant_mode=True, force_dequant=cfg.force_dequant)
         models["fake-quant"] = qmodel
         if cfg.force_dequant == "none":
             integer_dir = out / "integer"
             if (integer_dir / DONE).exists():
-                check_identity(integer_dir, qat_identity)
-            else:
+                check(integer_dir, qat_identity)
+            elif world.main:
                 atomic.write_dir(integer_dir, lambda d: (check_identity(d, qat_identity),
                                                          save_integer(convert_to_integer(qmodel.eval()), d),
                                                          tokenizer.save_pretrained(d)))
                 (integer_dir / DONE).write_text("done\n")
+            world.barrier()
             models["integer-only"] = load_integer(integer_dir, device)
         if "fp32" not in models and cfg.init_from:
             models["fp32"] = load(init, quant_mode=False)
+    if not world.main:  # rank 0 evaluates and writes the results
+        world.barrier()
+        return {}
 
     metrics = {}
+    ctx.log.start_stage("eval", -1)  # a rerun's evaluation replaces the last one's
     for path, model in models.items():
         t = time.time()
         metrics[path] = evaluate(model, data, task, cfg.recipe.eval_batch_size)
         times[f"{path}_eval_s"] = time.time() - t
+        ctx.log.log("eval", 0, {f"{path}/{k}": v for k, v in flat_metrics(metrics[path]).items()})
+    ctx.log.close()
     results = {
         "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times,
-        "seed": cfg.seed, "git_commit": commit, "config": OmegaConf.to_container(cfg, resolve=True),
+        "seed": cfg.seed, "world_size": world.size, "git_commit": commit,
+        "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic.write_file(out / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2, default=str)))
     print(format_table(task, metrics))
+    world.barrier()
     return results
 
 

@@ -20,7 +20,7 @@ from ibert import atomic, glue
 from ibert.inference import check_task, encode, examples_of, load_model, load_tokenizer, logits_of, predictions
 from ibert.inference import resolve_model_dir
 from ibert.runs import CONFIG_DIR
-from ibert.training import resolve_device
+from ibert.placement import resolve_device
 
 log = logging.getLogger("ibert.evaluate")
 

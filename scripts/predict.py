@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding
 
 from ibert import atomic, glue
 from ibert.inference import check_task, encode, examples_of, load_model, load_tokenizer, logits_of, resolve_model_dir
-from ibert.training import resolve_device
+from ibert.placement import resolve_device
 
 
 def read_texts(args: argparse.Namespace, task: glue.Task | None) -> list[tuple[str, ...]]:

@@ -1,11 +1,15 @@
-"""Gather GLUE runs (any folders holding results.json) into a markdown table and a bar chart.
+"""Gather GLUE runs (any folders holding results.json) into a markdown table, a bar chart and training curves.
 
-    python scripts/report.py runs multirun [--out report.md] [--plot chart.png]
+    python scripts/report.py runs multirun [--out report.md] [--plot chart.png] [--curves curves/]
+--curves: one PNG a run from its metrics.csv (the csv logger): loss, learning rate, gradient norm and the dev
+metrics against the step, per stage.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -67,11 +71,40 @@ def plot(runs: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def curves(run_dir: Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """{key: {stage: (steps, values)}} from a run's metrics.csv (training stages only)."""
+    out = defaultdict(lambda: defaultdict(lambda: ([], [])))
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["stage"] != "eval":
+                steps, values = out[r["key"]][r["stage"]]
+                steps.append(int(r["step"]))
+                values.append(float(r["value"]))
+    return out
+
+
+def plot_curves(r: dict, path: Path) -> None:
+    data = curves(Path(r["dir"]))
+    keys = [k for k in ("loss", "lr", "grad_norm") if k in data] + sorted(k for k in data if "/" in k)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for stage, (steps, values) in data[key].items():
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=stage)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{label(r)}: {r['dir']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", nargs="+")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", default=None)
+    p.add_argument("--curves", default=None, help="a folder for the training curves (one PNG a run)")
     args = p.parse_args()
     runs = collect(args.roots)
     text = table(runs)
@@ -81,6 +114,12 @@ def main() -> None:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(runs, args.plot)
+    if args.curves:
+        Path(args.curves).mkdir(parents=True, exist_ok=True)
+        for r in runs:
+            if (Path(r["dir"]) / "metrics.csv").is_file():
+                name = "_".join(Path(r["dir"]).parts[-3:]).replace("=", "-").replace(",", "_")
+                plot_curves(r, Path(args.curves) / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """GLUE pipeline: configs compose, data and metrics, a tiny end-to-end run through all three paths, resume."""
+import csv
 import json
 import os
 import signal
@@ -74,7 +75,7 @@ def test_run_directory_is_named_by_its_config(overrides, run_dir):
 
 
 def test_device_choice():
-    from ibert.training import resolve_device
+    from ibert.placement import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,7 +173,12 @@ def tiny_setup(tmp_path_factory):
 def tiny_overrides(model_dir, glue_dir, out):
     return [f"model.name_or_path={model_dir}", f"glue_dir={glue_dir}", "task=sst2", "quant_mode=true",
             "recipe.batch_size=8", "recipe.max_steps=6", "recipe.qat_max_steps=6", "recipe.checkpoint_every=2",
-            "compile=false", f"hydra.run.dir={out}"]
+            "recipe.eval_every=3", "logger.every_n_steps=3", "compile=false", f"hydra.run.dir={out}"]
+
+
+def logged(run_dir: Path) -> list[tuple[str, int, str, float]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(r["stage"], int(r["step"]), r["key"], float(r["value"])) for r in csv.DictReader(f)]
 
 
 def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
@@ -187,6 +193,11 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and saved["git_commit"] and saved["seed"] == 42
     assert (tmp_path / "integer" / "integer_model.safetensors").exists()
+    rows = logged(tmp_path)
+    for stage in ("fp32", "qat"):
+        steps = {(step, key) for st, step, key, _ in rows if st == stage}
+        assert {(s, k) for s in (3, 6) for k in ("loss", "lr", "grad_norm", "epoch", "dev/accuracy")} == steps
+    assert ("eval", 0, "integer-only/dev/accuracy", results["metrics"]["integer-only"]["dev"]["accuracy"]) in rows
     again = run(cfg)  # the same config: every stage is reused
     assert again["metrics"] == results["metrics"] and "fp32_train_s" not in again["times_s"]
     check_evaluate_and_predict(tmp_path, glue_dir, results)
@@ -273,3 +284,33 @@ def test_resume_after_kill_is_exact(tiny_setup, tmp_path):
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
     once, again = (json.loads((d / "results.json").read_text())["metrics"] for d in (tmp_path / "once", out))
     assert once == again
+    assert logged(tmp_path / "once") == logged(out)  # each step logged once, with the same values
+
+
+def test_data_parallel_two_processes_stay_in_sync_and_resume_exactly(tiny_setup, tmp_path):
+    """torchrun, 2 CPU processes (gloo), the global batch split between them: the ranks end every stage with the
+    same parameters (the run checks it and fails otherwise), and a run killed at a checkpoint of rank 0 and started
+    again ends as the uninterrupted one, bit for bit."""
+    model_dir, glue_dir = tiny_setup
+    killer = tmp_path / "kill_at_checkpoint.py"
+    killer.write_text(KILL_AT_CHECKPOINT)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def torchrun(out, *kill):
+        script = [str(killer), *kill] if kill else [str(ROOT / "scripts" / "train.py")]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script,
+               *tiny_overrides(model_dir, glue_dir, out), "threads=1"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+    once = torchrun(tmp_path / "once")
+    assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
+    results = json.loads((tmp_path / "once" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["metrics"]["integer-only"] == results["metrics"]["fake-quant"]
+    out = tmp_path / "killed"
+    assert torchrun(out, "qat", "4").returncode != 0
+    assert torch.load(out / "qat" / "last.pt", weights_only=True)["step"] == 4  # killed there
+    resumed = torchrun(out)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[qat] resumed from step 4 of 6" in resumed.stdout + resumed.stderr
+    expected, got = saved_tensors(tmp_path / "once"), saved_tensors(out)
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
