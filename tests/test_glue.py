@@ -44,12 +44,31 @@ def test_every_task_and_model_composes(task, model):
     assert cfg.recipe.max_seq_length == cfg.task.max_seq_length
 
 
-@pytest.mark.parametrize("group", ["path", "recipe", "experiment", "sweep"])
+@pytest.mark.parametrize("group", ["path", "recipe", "experiment", "sweep", "logger", "hparams_search"])
 def test_every_other_config_composes(group):
     for option in group_options(group):
         cfg = compose_cfg([f"{group}={option}"])
         OmegaConf.resolve(cfg)
         assert cfg.recipe.batch_size > 0
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+])
+def test_launcher_configs_compose(launcher, target):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+
+
+def test_hparams_search_is_optuna_over_the_qat_learning_rate():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hparams_search=qat_lr"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.path.name == "qat"
+    assert cfg.hydra.sweeper.params["recipe.qat_lr"] == "tag(log, interval(5e-7, 2e-6))"
+    assert cfg.optimized_metric == "integer-only"
 
 
 def test_top_level_overrides():
@@ -314,3 +333,16 @@ def test_data_parallel_two_processes_stay_in_sync_and_resume_exactly(tiny_setup,
     assert "[qat] resumed from step 4 of 6" in resumed.stdout + resumed.stderr
     expected, got = saved_tensors(tmp_path / "once"), saved_tensors(out)
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
+
+def test_joblib_sweep_runs_two_jobs(tiny_setup, tmp_path):
+    """`-m hydra/launcher=joblib`: two seeds as two parallel jobs, each in its own directory with its results."""
+    model_dir, glue_dir = tiny_setup
+    overrides = [o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra.run.dir")]
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           f"hydra.sweep.dir={tmp_path}", "seed=1,2", "threads=1", *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = {json.loads(f.read_text())["seed"]: f.parent for f in tmp_path.rglob("results.json")}
+    name = "qat-none-seed{},recipe.batch_size=8,recipe.max_steps=6,recipe.qat_max_steps=6"
+    assert results == {seed: tmp_path / name.format(seed) for seed in (1, 2)}
