@@ -24,7 +24,8 @@ ARCHITECTURE_FIELDS = (
 )
 # Keys of a checkpoint that the IBert classes do not hold, or recompute (transformers' derived integer copies).
 IGNORED = re.compile(r"(weight_integer|bias_integer|fc_scaling_factor|act_scaling_factor|weight_scaling_factor|"
-                     r"LayerNorm\.shift|pre_intermediate_act|pre_output_act|position_ids|^cls\.)")
+                     r"LayerNorm\.shift|LayerNorm\.activation\.|softmax\.act\.|pre_intermediate_act|pre_output_act|"
+                     r"position_ids|^cls\.)")
 OPTIONAL = re.compile(r"(x_min|x_max|^ibert\.pooler\.)")
 
 
@@ -41,6 +42,9 @@ def read_state_dict(name_or_path: str) -> dict[str, torch.Tensor]:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # any parse failure of a weights file is a corrupt checkpoint
             raise ValueError(f"corrupt checkpoint {path}: {exc}") from exc
+    if os.path.isfile(os.path.join(name_or_path, "integer_model.safetensors")):
+        raise ValueError(f"{name_or_path!r} holds an integer engine: load it with from_pretrained or "
+                         f"ibert.engine.load_integer")
     raise ValueError(f"no model.safetensors or pytorch_model.bin in {name_or_path!r}")
 
 

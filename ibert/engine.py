@@ -192,6 +192,10 @@ class IntegerLayer(nn.Module):
 class IntegerIBertModel(nn.Module):
     """Drop-in for `IBertModel` inside the task classes: integer embeddings and encoder, float pooler."""
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **_) -> None:
+        """The engine's own format (`save_integer`), as the task classes' `save_pretrained` of an engine."""
+        save_integer(self, save_directory)
+
     def __init__(self, config: IBertConfig, add_pooling_layer: bool):
         super().__init__()
         self.config = config
@@ -292,6 +296,10 @@ def _check_convertible(model: modeling.IBertPreTrainedModel) -> None:
              and bool((m.x_min == m.x_max).all())]
     if stale:
         raise ValueError(f"activation ranges were never observed (run calibration or QAT first): {stale[:3]}...")
+    broken = [n for n, m in model.named_modules() if isinstance(m, QuantAct) and m.quant_mode
+              and not bool(torch.isfinite(torch.cat([m.x_min, m.x_max])).all())]
+    if broken:
+        raise ValueError(f"activation ranges are NaN or infinite (a diverged QAT?): {broken[:3]}")
 
 
 def convert_to_integer(model: modeling.IBertPreTrainedModel) -> modeling.IBertPreTrainedModel:
@@ -308,6 +316,28 @@ def convert_to_integer(model: modeling.IBertPreTrainedModel) -> modeling.IBertPr
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+TASK_CLASSES = {cls.__name__: cls for cls in (
+    modeling.IBertForMaskedLM, modeling.IBertForSequenceClassification, modeling.IBertForMultipleChoice,
+    modeling.IBertForTokenClassification, modeling.IBertForQuestionAnswering)}
+
+
+def integer_dir(name_or_path, hub_kwargs: dict | None = None) -> Path | None:
+    """The local directory of the engine that `name_or_path` (a directory, or a hub repository) holds; None if it
+    holds none (or the hub cannot be reached)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return None
+    if os.path.isdir(name_or_path):
+        return Path(name_or_path) if (Path(name_or_path) / WEIGHTS_NAME).is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        files = [cached_file(str(name_or_path), f, _raise_exceptions_for_missing_entries=False, **(hub_kwargs or {}))
+                 for f in (WEIGHTS_NAME, CONFIG_NAME)]
+    except (OSError, ValueError):
+        return None
+    return Path(files[0]).parent if all(files) else None
 
 
 def save_integer(engine: nn.Module, directory: str | os.PathLike) -> None:
@@ -344,9 +374,11 @@ def load_integer(directory: str | os.PathLike, device: str | torch.device = "cpu
         raise ValueError(f"corrupt integer engine weights {weights_path}: {exc}") from exc
     if cls_name == "IntegerIBertModel":
         engine = IntegerIBertModel(config, pooling)
-    else:
-        engine = getattr(modeling, cls_name)(config)
+    elif cls_name in TASK_CLASSES:
+        engine = TASK_CLASSES[cls_name](config)
         engine.ibert = IntegerIBertModel(config, pooling)
+    else:
+        raise ValueError(f"{cfg_path}: unknown engine class {cls_name!r}; one of {['IntegerIBertModel', *TASK_CLASSES]}")
     expected = engine.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

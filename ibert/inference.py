@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from ibert import glue
 from ibert.checkpoints import load_pretrained
-from ibert.engine import WEIGHTS_NAME, load_integer
+from ibert.engine import integer_dir, load_integer
 from ibert.modeling import IBertForSequenceClassification
 
 RUN_STAGES = ("integer", "qat/model", "fp32/model")
@@ -35,14 +35,10 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"{path} holds no model (config.json) and is no run directory with one of {RUN_STAGES}")
 
 
-def is_integer_engine(model_dir: Path) -> bool:
-    return (Path(model_dir) / WEIGHTS_NAME).is_file()
-
-
 def load_model(model_dir: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, str]:
     """(the model in eval mode on `device`, its path: 'integer-only', 'fake-quant' or 'fp32')."""
     model_dir = resolve_model_dir(model_dir)
-    if is_integer_engine(model_dir):
+    if integer_dir(model_dir) is not None:
         return load_integer(model_dir, device).eval(), "integer-only"
     model = load_pretrained(IBertForSequenceClassification, model_dir).to(device).eval()
     return model, "fake-quant" if model.config.quant_mode else "fp32"

@@ -10,6 +10,7 @@ symmetric [-127, 127]; all integer math is exact (kernels' references), not floa
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -258,10 +259,13 @@ class IBertPreTrainedModel(PreTrainedModel):
     config_class = IBertConfig
     base_model_prefix = "ibert"
     supports_gradient_checkpointing = False
-    # transformers' IBert stores derived integer copies and buffers that this implementation recomputes.
+    # transformers' IBert stores derived integer copies and buffers that this implementation recomputes, and the
+    # ranges of two quantizers it does not have (its softmax output is 2**-8 by construction; its LayerNorm outputs
+    # through `output_activation`). The ranges of the activations both have (x_min, x_max) are read.
     _keys_to_ignore_on_load_unexpected = [
         r"weight_integer", r"bias_integer", r"fc_scaling_factor", r"act_scaling_factor", r"weight_scaling_factor",
-        r"LayerNorm\.shift", r"pre_intermediate_act", r"pre_output_act", r"position_ids",
+        r"LayerNorm\.shift", r"LayerNorm\.activation\.", r"softmax\.act\.", r"pre_intermediate_act",
+        r"pre_output_act", r"position_ids",
     ]
     _keys_to_ignore_on_load_missing = [r"x_min", r"x_max"]
 
@@ -280,6 +284,38 @@ class IBertPreTrainedModel(PreTrainedModel):
             module.bias.data.zero_()
         elif isinstance(module, IBertLMHead):
             module.bias.data.zero_()
+
+    @property
+    def is_integer_engine(self) -> bool:
+        """True for the result of `convert_to_integer` (or `load_integer`): its encoder is the integer engine."""
+        return type(getattr(self, "ibert", None)).__name__ == "IntegerIBertModel"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """HuggingFace's; an integer engine writes its own format (int8 weights, int32 biases, dyadic multipliers),
+        which `from_pretrained` and `push_to_hub` then carry as they are."""
+        if not self.is_integer_engine:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        from ibert.engine import save_integer
+
+        if kwargs.get("push_to_hub"):
+            raise ValueError("save the engine, then call engine.push_to_hub(repo_id)")
+        save_integer(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """HuggingFace's; a directory written by an integer engine loads as that engine (of this class, or a
+        ValueError: never a float model with every weight missing)."""
+        from ibert.engine import integer_dir, load_integer
+
+        path = pretrained_model_name_or_path
+        directory = integer_dir(path, {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs})
+        if directory is None:
+            return super().from_pretrained(path, *args, **kwargs)
+        engine = load_integer(directory, kwargs.get("device_map") or "cpu")
+        wanted = cls.__name__ if cls is not IBertModel else "IntegerIBertModel"
+        if type(engine).__name__ != wanted:
+            raise ValueError(f"{path} holds an integer engine of {type(engine).__name__}, not {cls.__name__}")
+        return engine
 
     def resize_token_embeddings(self, new_num_tokens=None):
         raise NotImplementedError("resize_token_embeddings is not supported for I-BERT (quantized embeddings)")

@@ -32,8 +32,16 @@ def _cpu_flags() -> set[str]:
 
 @functools.lru_cache(maxsize=None)
 def cpp_extension():
-    """The compiled module (built once, cached by torch), or None where this CPU or toolchain can't."""
-    if platform.machine() != "x86_64" or not _CPU_FLAGS <= _cpu_flags():
+    """The compiled module (built once, cached by torch), or None where this CPU or toolchain can't (with one
+    warning a process that names what is missing and the path taken instead)."""
+    if platform.machine() != "x86_64":
+        warnings.warn(f"the C++ CPU kernels need x86-64 (this is {platform.machine()}): the integer ops run the "
+                      f"torch references")
+        return None
+    missing = sorted(_CPU_FLAGS - _cpu_flags())
+    if missing:
+        warnings.warn(f"the C++ CPU kernels need AVX-512 VNNI; this CPU lacks {', '.join(missing)}: the integer ops "
+                      f"run the torch references (exact, slower)")
         return None
     try:
         from torch.utils.cpp_extension import load

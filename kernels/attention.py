@@ -162,6 +162,8 @@ def attention(
         check_tensor("head_mask", head_mask, (torch.uint8,), 1)
         if head_mask.numel() != heads:
             raise ValueError(f"head_mask must have one entry per head ({heads}), got {head_mask.numel()}")
+        if bool((head_mask > 1).any()):  # one meaning on every backend: keep (1) or drop (0) a head
+            raise ValueError(f"head_mask must hold zeros and ones only, got {head_mask.tolist()}")
     check_same_device(qkv=qkv, params=params, m=m, e=e, mask=mask, head_mask=head_mask)
     if qkv.numel() == 0:
         probs = qkv.new_empty((B, heads, S, S), dtype=torch.uint8) if return_probs else None

@@ -35,6 +35,7 @@ def gelu_params(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not scale.is_floating_point() or scale.dim() > 1:
         raise TypeError(f"scale must be a float tensor of 0 or 1 dimensions, got {scale.dtype} {tuple(scale.shape)}")
     s = scale.double().reshape(-1)
+    torch._assert_async(torch.isfinite(s).all() & (s > 0).all(), "gelu_params: scale must be positive and finite")
     r = torch.ceil(torch.log2(MIN_ERF_SCALE / s)).clamp(min=0)
     s2 = s * 2.0**r / math.sqrt(2.0)
     clip = torch.floor(-ERF_B / s2)

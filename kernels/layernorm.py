@@ -36,6 +36,17 @@ NEWTON_STEPS = 6  # from a start within 2x of the root, exact for inputs below 2
 MAX_OUT_SHIFT = 53  # keeps |norm * m| + |beta_c| below 2**63
 
 
+def max_input(n: int) -> int:
+    """The bound on |x| within which i-LayerNorm of rows of n is exact in int64: 2**b, b <= 31 the largest with
+    2**(b + 17) n**1.5 < 2**62 (a bit of margin below 2**63). The worst row is one outlier: |y| < 2 n 2**b, its
+    15-bit shift keeps max|ys| >= 2**14, so std >= 2**14 / sqrt(n) and y * floor(2**30 / std) < 2**(b + 17) n**1.5.
+    That is 2**30 for n = 768, 2**26 for n = 4096, 2**21 for n = 65535: the engine's 22-bit inputs fit them all."""
+    b = 31
+    while (2 ** (b + 17)) ** 2 * n**3 >= 2**124:
+        b -= 1
+    return 2**b
+
+
 def layernorm_params(
     in_scale: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, out_scale: torch.Tensor,
     bits: int = 8,
@@ -146,7 +157,7 @@ def layernorm(
 ) -> torch.Tensor:
     """Integer-only LayerNorm over the last dimension.
 
-    x: [..., N] int32 (e.g. the 22-bit residual sum), per-tensor scale s_in.
+    x: [..., N] int32 (e.g. the 22-bit residual sum), |x| < max_input(N), per-tensor scale s_in.
     eps_int, m, e, beta_int: from `layernorm_params(s_in, gamma, beta, eps, s_out, bits)`.
     Returns [..., N] of scale s_out on `bits` bits (int8 for bits <= 8, else int32).
     backend: "auto", "triton", "torch" or "cpp" (the C++ kernel, what "auto" picks on x86 CPUs with AVX-512).
@@ -158,6 +169,10 @@ def layernorm(
     n = x.shape[-1]
     if n >= 2**16:
         raise ValueError(f"layernorm rows must be shorter than 65536, got {n}")
+    if x.numel():
+        bound = max_input(n)
+        torch._assert_async((x.amax() <= bound - 1) & (x.amin() >= 1 - bound),
+                            f"layernorm: |x| must be below 2**{bound.bit_length() - 1} for rows of {n} (exact in int64)")
     check_bits(bits)
     check_tensor("eps_int", eps_int, (torch.int64,))
     check_multiplier(m, e, n)

@@ -38,6 +38,7 @@ def dyadic(ratio: torch.Tensor, bits: int = MULTIPLIER_BITS) -> tuple[torch.Tens
     if not ratio.is_floating_point():
         raise TypeError(f"ratio must be a float tensor, got {ratio.dtype}")
     r = ratio.double()
+    torch._assert_async(torch.isfinite(r).all(), "dyadic: ratio must be finite (a NaN or inf scale upstream)")
     mantissa, exponent = torch.frexp(r)  # r = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
     m = torch.round(mantissa * 2.0**bits).long()
     e = bits - exponent.long()

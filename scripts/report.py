@@ -1,14 +1,17 @@
-"""Gather GLUE runs (any folders holding results.json) into a markdown table, a bar chart and training curves.
+"""Gather GLUE runs (any folders holding results.json) into markdown tables, a bar chart and training curves.
 
     python scripts/report.py runs multirun [--out report.md] [--plot chart.png] [--curves curves/]
---curves: one PNG a run from its metrics.csv (the csv logger): loss, learning rate, gradient norm and the dev
-metrics against the step, per stage.
+Tables: one row a run; then the runs that differ only in their seed, aggregated: mean +- std (sample std, n
+seeds) of the main dev metric per path, and the integer - fp32 difference per seed (mean +- std, min..max).
+--plot: the aggregated means with their std as error bars. --curves: one PNG a run from its metrics.csv (the
+csv logger): loss, learning rate, gradient norm and the dev metrics against the step, per stage.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PATHS = ("fp32", "fake-quant", "integer-only")
+# Config keys that do not make runs different experiments (the seed is what the aggregation is over).
+NOT_THE_EXPERIMENT = {"seed", "output_dir", "glue_dir", "threads", "compile", "device", "logger", "optimized_metric"}
 
 
 def collect(roots: list[str]) -> list[dict]:
@@ -42,7 +47,52 @@ def main_value(r: dict, path: str) -> float | None:
 
 def label(r: dict) -> str:
     c = r["config"]
-    return f"{r['task']} ({c['model']['short']}, force_dequant={c['force_dequant']})"
+    return f"{r['task']} ({c['model']['short']}, {c['path']['name']}, force_dequant={c['force_dequant']})"
+
+
+def experiment(r: dict) -> str:
+    """What a run is, seed aside: its config without the keys that do not change the experiment."""
+    return json.dumps({k: v for k, v in r["config"].items() if k not in NOT_THE_EXPERIMENT}, sort_keys=True)
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """The runs grouped by experiment (first appearance first), each group ordered by seed."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(experiment(r), []).append(r)
+    return [sorted(g, key=lambda r: r["seed"]) for g in groups.values()]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def group_row(group: list[dict]) -> dict:
+    """Per path: (mean, std, n) of the main metric; 'delta': the same of integer - fp32 per seed, with min, max."""
+    row = {}
+    for p in PATHS:
+        vals = [v for v in (main_value(r, p) for r in group) if v is not None]
+        if vals:
+            row[p] = (*mean_std(vals), len(vals))
+    deltas = [main_value(r, "integer-only") - main_value(r, "fp32") for r in group
+              if main_value(r, "integer-only") is not None and main_value(r, "fp32") is not None]
+    if deltas:
+        row["delta"] = (*mean_std(deltas), len(deltas), min(deltas), max(deltas))
+    return row
+
+
+def seed_table(groups: list[list[dict]]) -> str:
+    lines = ["| experiment | metric | seeds | fp32 | fake-quant | integer-only | integer - fp32 per seed | min .. max |",
+             "|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        row = group_row(g)
+        cells = [f"{row[p][0]:.2f} ± {row[p][1]:.2f}" if p in row else "" for p in PATHS]
+        d = row.get("delta")
+        delta = [f"{d[0]:+.2f} ± {d[1]:.2f}", f"{d[3]:+.2f} .. {d[4]:+.2f}"] if d else ["", ""]
+        seeds = ",".join(str(r["seed"]) for r in g)
+        lines.append(f"| {label(g[0])} | {g[0]['main_metric']} | {seeds} (n={len(g)}) | {' | '.join(cells)} | "
+                     f"{' | '.join(delta)} |")
+    return "\n".join(lines)
 
 
 def table(runs: list[dict]) -> str:
@@ -57,15 +107,19 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], path: str) -> None:
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(runs)), 4))
+def plot(groups: list[list[dict]], path: str) -> None:
+    """Bars of the mean main metric per path, the std over seeds as error bars."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     width = 0.27
+    rows = [group_row(g) for g in groups]
     for i, p in enumerate(PATHS):
-        vals = [main_value(r, p) or 0.0 for r in runs]
-        ax.bar([x + (i - 1) * width for x in range(len(runs))], vals, width, label=p)
-    ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels([label(r).replace(" (", "\n(").replace(", ", ",\n") for r in runs], fontsize=7)
-    ax.set_ylabel("dev score (main metric)")
+        means = [row[p][0] if p in row else 0.0 for row in rows]
+        stds = [row[p][1] if p in row else 0.0 for row in rows]
+        ax.bar([x + (i - 1) * width for x in range(len(groups))], means, width, yerr=stds, capsize=3, label=p)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{label(g[0])}\nn={len(g)}".replace(" (", "\n(").replace(", ", ",\n") for g in groups],
+                       fontsize=7)
+    ax.set_ylabel("dev score (main metric), mean ± std over seeds")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -107,13 +161,14 @@ def main() -> None:
     p.add_argument("--curves", default=None, help="a folder for the training curves (one PNG a run)")
     args = p.parse_args()
     runs = collect(args.roots)
-    text = table(runs)
+    groups = seed_groups(runs)
+    text = table(runs) + "\n\nOver seeds:\n\n" + seed_table(groups)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(runs, args.plot)
+        plot(groups, args.plot)
     if args.curves:
         Path(args.curves).mkdir(parents=True, exist_ok=True)
         for r in runs:

@@ -10,8 +10,8 @@ from kernels import (
     softmax_params,
 )
 from conftest import on_device
-from kernels.layernorm import isqrt_reference
-from kernels.softmax import MAX_Z, exp_scale, floor_div_small, int_exp_reference, softmax_reference
+from kernels.layernorm import isqrt_reference, max_input
+from kernels.softmax import MAX_SCALE, MAX_Z, exp_scale, floor_div_small, int_exp_reference, softmax_reference
 
 I32 = (-(2**31), 2**31 - 1)
 
@@ -259,6 +259,21 @@ def test_softmax_extremes_no_overflow():
     assert torch.equal(a, b)
 
 
+def test_softmax_row_sum_stays_below_2_31():
+    """The row sum of exps runs in int32: for the longest row accepted (65535 keys) of equal scores, at the input
+    scale whose exp(0) is largest, it stays below 2**31 (summed here in int64). Fine scales are coarsened into
+    [2**-14, 2**-13), so sampling that octave densely and the coarse scales up to ln2/8 covers every scale."""
+    scales = torch.cat([2.0 ** -torch.linspace(13, 14, 400, dtype=torch.float64),
+                        torch.linspace(2.0**-13, MAX_SCALE, 600, dtype=torch.float64)])
+    top = {float(s): int(int_exp_reference(torch.zeros(1, dtype=torch.int32), softmax_params(s.reshape(1)))) for s in scales}
+    worst = max(top, key=top.get)
+    assert top[worst] * 65535 < 2**31
+    ex = int_exp_reference(torch.zeros(1, 65535, dtype=torch.int32), softmax_params(torch.tensor(worst, dtype=torch.float64)))
+    assert ex.long().sum() == top[worst] * 65535 and ex.sum(dtype=torch.int32) == ex.long().sum()
+    p = softmax(torch.zeros(2, 65535, dtype=torch.int32), softmax_params(torch.tensor(worst, dtype=torch.float64)), backend="torch")
+    assert (p.long().sum(-1) <= 65535).all()
+
+
 def test_softmax_fully_masked_negative_rows_do_not_overflow():
     """Every key masked and every score negative: the row maximum is below -2**30, where `top - 2**30` would
     leave int32 (it did: a zero row sum, a division by zero)."""
@@ -306,10 +321,44 @@ def test_layernorm_exact(shape):
     _, _, params = ln_params(shape[-1])
     a, b = both(layernorm, x, *params)
     assert torch.equal(a, b)
-    x.view(-1, shape[-1])[0] = I32[1]
-    x.view(-1, shape[-1])[-1, ::2] = I32[0]
+    bound = max_input(shape[-1])
+    x.view(-1, shape[-1])[0] = bound - 1
+    x.view(-1, shape[-1])[-1, ::2] = 1 - bound
     a, b = both(layernorm, x, *params)
     assert torch.equal(a, b)
+
+
+def layernorm_exact_ints(row: list[int], eps_int: int, m: list[int], e: list[int], beta: list[int], bits: int) -> list[int]:
+    """i-LayerNorm of one row in Python's unbounded integers: what the int64 kernels must equal."""
+    n, total = len(row), sum(row)
+    y = [v * n - total for v in row]
+    sh = max(max(abs(v) for v in y).bit_length() - 15, -14)
+    ys = [v >> sh if sh >= 0 else v << -sh for v in y]
+    var = sum(v * v for v in ys) // n
+    eps_row = eps_int >> min(2 * sh, 62) if sh >= 0 else min(eps_int, 2**61 >> -2 * sh) << -2 * sh
+    std = max(math.isqrt(max(var + eps_row, 1)), 1)
+    norm = [(v * ((1 << 30) // std)) >> (sh + 14) for v in y]
+    q = 2 ** (bits - 1) - 1
+    return [max(-q, min(q, (t * mi + bi + (1 << ei >> 1)) >> ei)) for t, mi, ei, bi in zip(norm, m, e, beta)]
+
+
+@pytest.mark.parametrize("n", [768, 4096, 65535])
+def test_layernorm_is_exact_at_the_edge_of_its_domain(n):
+    """One outlier at the bound (the row that needs the widest product), and a row of alternating extremes: the
+    kernels equal the unbounded-integer evaluation. Past the bound the op refuses."""
+    bound = max_input(n)
+    x = randint(-1000, 1000, (2, n), torch.int32)
+    x[0, 3] = bound - 1
+    x[1, ::2], x[1, 1::2] = bound - 1, 1 - bound
+    eps_int, m, e, beta = ln_params(n)[2]
+    expected = torch.tensor([layernorm_exact_ints(r, int(eps_int), m.tolist(), e.tolist(), beta.tolist(), 8)
+                             for r in x.tolist()], dtype=torch.int8)
+    assert torch.equal(layernorm(x, eps_int, m, e, beta, backend="torch"), expected)
+    if n <= 4096:  # the interpreter is slow on 64k-wide rows
+        assert torch.equal(both(layernorm, x, eps_int, m, e, beta)[0], expected)
+    x[0, 3] = bound
+    with pytest.raises(RuntimeError, match="must be below"):
+        layernorm(x, eps_int, m, e, beta, backend="torch")
 
 
 def test_layernorm_constant_row_gives_beta():
@@ -448,3 +497,19 @@ def test_padded_int_mm_for_cuda_shapes_is_exact(M, K, N):
     assert torch.equal(_padded_int_mm(a, b).long(), expected)
     out = torch.empty(M, N, dtype=torch.int32)
     assert _padded_int_mm(a, b.t().contiguous().t(), out) is out and torch.equal(out.long(), expected)
+
+
+def test_missing_cpu_features_warn_once_naming_them(monkeypatch):
+    from kernels import _cpu
+
+    monkeypatch.setattr(_cpu, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    _cpu.cpp_extension.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="lacks avx512_vnni, avx512bw, avx512dq, avx512vl: the integer ops run the torch"):
+            assert _cpu.cpp_extension() is None
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _cpu.cpp_extension() is None  # once a process
+    finally:
+        _cpu.cpp_extension.cache_clear()

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import ibert
 import kernels
 from ibert import IBertConfig
+from ibert.checkpoints import load_pretrained
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from conftest import DEVICE, on_device
 from kernels._cpu import cpp_available
@@ -327,3 +328,58 @@ def test_integer_engine_equals_fake_quant_at_roberta_base_width():
         got = convert_to_integer(model)(input_ids=ids, output_hidden_states=True).hidden_states
     for a, b in zip(expected, got):
         assert torch.equal(a, b)
+
+
+def test_scales_that_cannot_be_integers_are_clear_errors():
+    with pytest.raises(RuntimeError, match="ratio must be finite"):
+        kernels.dyadic(torch.tensor([0.5, float("nan")]))
+    with pytest.raises(RuntimeError, match="ratio must be finite"):
+        kernels.dyadic(torch.tensor([float("inf")]))
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(RuntimeError, match="scale must be positive and finite"):
+            kernels.gelu_params(torch.tensor(bad))
+    model = calibrated("IBertModel")
+    model.encoder.layer[1].output.ln_input_act.x_max.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite.*encoder.layer.1.output.ln_input_act"):
+        convert_to_integer(model)
+
+
+def test_head_mask_values_other_than_0_and_1_are_refused():
+    qkv = torch.zeros(1, 3, 3 * 2 * 4, dtype=torch.int8)
+    m, e = kernels.dyadic(torch.tensor([0.01], dtype=torch.float64))
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match="head_mask must hold zeros and ones only"):
+            kernels.attention(qkv, 2, kernels.softmax_params(torch.tensor(1e-3)), m, e,
+                              head_mask=torch.tensor([1, 2], dtype=torch.uint8), backend=backend)
+
+
+@pytest.mark.parametrize("name", ["IBertModel", "IBertForSequenceClassification", "IBertForMaskedLM"])
+def test_engine_save_pretrained_and_from_pretrained(tmp_path, name):
+    """The HuggingFace verbs on an engine: save_pretrained writes the integer format, from_pretrained of it returns
+    the engine (equal outputs), and no class silently initialises a float model from it."""
+    engine = convert_to_integer(calibrated(name))
+    engine.save_pretrained(tmp_path)
+    assert (tmp_path / "integer_model.safetensors").is_file() and not (tmp_path / "model.safetensors").exists()
+    loaded = getattr(ibert, name).from_pretrained(tmp_path)
+    assert type(loaded) is type(engine)
+    inputs = inputs_for(name, *batch(5))
+    with torch.no_grad():
+        a, b = engine(**inputs), loaded(**inputs)
+    assert torch.equal(a[0], b[0])
+    other = "IBertForQuestionAnswering"
+    with pytest.raises(ValueError, match=f"holds an integer engine of .*not {other}"):
+        getattr(ibert, other).from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="integer engine"):
+        load_pretrained(getattr(ibert, name), tmp_path)
+
+
+def test_transformers_ibert_checkpoint_loads_without_unexpected_keys(tmp_path):
+    """transformers' QuantAct buffers of its softmax and LayerNorm (which this implementation does not have) are
+    known and ignored; the ranges of the activations both have are read."""
+    torch.manual_seed(0)
+    hf = hf_ibert.IBertForSequenceClassification(transformers.IBertConfig(**TINY, quant_mode=True))
+    hf.ibert.encoder.layer[0].attention.self.query_activation.x_max.fill_(3.5)
+    hf.save_pretrained(tmp_path)
+    ours, info = ibert.IBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    assert float(ours.ibert.encoder.layer[0].attention.self.query_activation.x_max) == 3.5

@@ -1,0 +1,50 @@
+"""scripts/report.py: runs that differ only in their seed aggregate into mean +- std, and the charts are drawn."""
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from ibert.scripts import report
+
+
+def write_run(root: Path, task: str, seed: int, fp32: float, integer: float, qat_lr: float = 2e-6) -> Path:
+    d = root / task / f"qat-none-seed{seed}" if qat_lr == 2e-6 else root / task / f"qat-none-seed{seed},lr{qat_lr}"
+    d.mkdir(parents=True)
+    config = {"task": {"name": task}, "model": {"short": "minilm"}, "path": {"name": "qat"}, "force_dequant": "none",
+              "recipe": {"qat_lr": qat_lr}, "seed": seed, "output_dir": str(d), "threads": None}
+    metrics = {"fp32": {"dev": {"accuracy": fp32}}, "fake-quant": {"dev": {"accuracy": integer}},
+               "integer-only": {"dev": {"accuracy": integer}}}
+    (d / "results.json").write_text(json.dumps({"task": task, "main_metric": "accuracy", "metrics": metrics,
+                                                "times_s": {"qat_train_s": 10.0}, "seed": seed, "config": config}))
+    return d
+
+
+def test_runs_differing_only_in_seed_aggregate(tmp_path):
+    scores = {1: (70.0, 69.5), 2: (72.0, 72.5), 3: (71.0, 70.0)}
+    for seed, (fp32, integer) in scores.items():
+        write_run(tmp_path, "rte", seed, fp32, integer)
+    write_run(tmp_path, "rte", 1, 60.0, 61.0, qat_lr=1e-6)  # another experiment: its own group
+    groups = report.seed_groups(report.collect([str(tmp_path)]))
+    assert sorted(len(g) for g in groups) == [1, 3]
+    three = next(g for g in groups if len(g) == 3)
+    assert [r["seed"] for r in three] == [1, 2, 3]
+    row = report.group_row(three)
+    fp32 = [v[0] for v in scores.values()]
+    deltas = [i - f for f, i in scores.values()]
+    assert row["fp32"] == pytest.approx((statistics.fmean(fp32), statistics.stdev(fp32), 3))
+    assert row["delta"] == pytest.approx((statistics.fmean(deltas), statistics.stdev(deltas), 3, -1.0, 0.5))
+    text = report.seed_table(groups)
+    assert "1,2,3 (n=3)" in text and "71.00 ± 1.00" in text and "-0.33 ± 0.76" in text and "-1.00 .. +0.50" in text
+
+
+def test_charts_are_drawn(tmp_path):
+    for seed in (1, 2):
+        d = write_run(tmp_path, "mrpc", seed, 80.0 + seed, 80.0)
+        (d / "metrics.csv").write_text("stage,step,key,value\nfp32,10,loss,0.7\nfp32,20,loss,0.5\n"
+                                       "fp32,20,dev/accuracy,71.0\nqat,10,loss,0.4\neval,0,fp32/dev/accuracy,71.0\n")
+    runs = report.collect([str(tmp_path)])
+    report.plot(report.seed_groups(runs), str(tmp_path / "chart.png"))
+    report.plot_curves(runs[0], tmp_path / "curves.png")
+    assert (tmp_path / "chart.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
+    assert report.curves(Path(runs[0]["dir"]))["loss"]["fp32"] == ([10, 20], [0.7, 0.5])
