@@ -2,7 +2,7 @@
 
 A model directory is an integer engine (`save_integer`), or an fp32 / QAT model (`save_pretrained`); a run
 directory (`runs/<task>/<model>/<name>/`) stands for its best stage: the integer engine first, then the QAT
-model, then the fp32 model.
+(or PTQ) model, then the fp32 model.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ibert.checkpoints import load_pretrained
 from ibert.engine import integer_dir, load_integer
 from ibert.modeling import IBertForSequenceClassification
 
-RUN_STAGES = ("integer", "qat/model", "fp32/model")
+RUN_STAGES = ("integer", "qat/model", "ptq/model", "fp32/model")
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

@@ -23,6 +23,7 @@ _TRAINING_KEYS = ("task.name", "model.name_or_path", "seed", "recipe.batch_size"
 _STAGE_KEYS = {
     "fp32": ("recipe.lr", "recipe.epochs", "recipe.max_steps"),
     "qat": ("recipe.qat_lr", "recipe.qat_epochs", "recipe.qat_max_steps", "force_dequant", "init_from"),
+    "ptq": ("recipe.calibration_samples", "force_dequant", "init_from"),
 }
 
 
@@ -46,7 +47,7 @@ register_resolvers()
 
 
 def stage_identity(cfg: DictConfig, stage: str, world_size: int = 1, depends_on: dict | None = None) -> dict:
-    """The values `stage` ('fp32' or 'qat') depends on, with the number of data-parallel processes (each has its
+    """The values `stage` ('fp32', 'qat' or 'ptq') depends on, with the number of data-parallel processes (each has its
     own dropout stream); `depends_on`: the identity of the stage it starts from."""
     values = {key: OmegaConf.select(cfg, key) for key in (*_TRAINING_KEYS, *_STAGE_KEYS[stage])}
     values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}

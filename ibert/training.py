@@ -1,5 +1,5 @@
-"""The GLUE recipe: stage 1 fp32 fine-tune, stage 2 QAT from it, conversion to the integer engine, and an
-evaluation of every path on dev. Each stage checkpoints atomically every N steps and resumes after a kill, bit
+"""The GLUE recipe: stage 1 fp32 fine-tune, stage 2 QAT from it (or, path=ptq, a calibration of the activation
+ranges without training), conversion to the integer engine, and an evaluation of every path on dev. Each stage checkpoints atomically every N steps and resumes after a kill, bit
 for bit; a finished stage is skipped when the run is started again with the same output directory. Under
 `torchrun` the stages train data-parallel (DDP): each global batch of `recipe.batch_size` is split between the
 processes, and rank 0 alone writes checkpoints, models, logs and results.
@@ -195,6 +195,23 @@ def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContex
     return time.time() - start
 
 
+@torch.no_grad()
+def calibrate(model: IBertForSequenceClassification, ctx: RunContext) -> float:
+    """Post-training quantization: the fake-quant model's activation ranges observed (as in QAT: min/max, then an
+    EMA) on `recipe.calibration_samples` training examples, a seeded choice, dropout off; no weight changes.
+    Returns the seconds it took."""
+    start, r, train = time.time(), ctx.cfg.recipe, ctx.data.train
+    chosen = np.random.default_rng(ctx.cfg.seed).permutation(len(train))[:r.calibration_samples]
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    for i in range(0, len(chosen), r.batch_size):
+        model(**to_device(ctx.data.collate([train[j] for j in chosen[i:i + r.batch_size]]), ctx.device))
+    model.eval()
+    return time.time() - start
+
+
 def finish_stage(name: str, model, tokenizer, ctx: RunContext) -> None:
     """Save the stage's final model (HuggingFace layout) and mark the stage done (rank 0; the others wait)."""
     if ctx.world.main:
@@ -205,15 +222,21 @@ def finish_stage(name: str, model, tokenizer, ctx: RunContext) -> None:
     ctx.world.barrier()
 
 
+def dev_predictions(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, np.ndarray]:
+    """The model's predictions (class indices, or scores) on each dev split."""
+    model.eval()
+    return {split: predictions(task, logits_of(model, data.collate, examples, batch_size))
+            for split, examples in data.dev.items()}
+
+
+def metrics_of(preds: dict[str, np.ndarray], data: Data, task: glue.Task) -> dict[str, dict[str, float]]:
+    return {split: glue.compute_metrics(task, p, np.array([ex["labels"] for ex in data.dev[split]]))
+            for split, p in preds.items()}
+
+
 def evaluate(model, data: Data, task: glue.Task, batch_size: int) -> dict[str, dict[str, float]]:
     """The task's metrics on each dev split."""
-    model.eval()
-    results = {}
-    for split, examples in data.dev.items():
-        logits = logits_of(model, data.collate, examples, batch_size)
-        labels = np.array([ex["labels"] for ex in examples])
-        results[split] = glue.compute_metrics(task, predictions(task, logits), labels)
-    return results
+    return metrics_of(dev_predictions(model, data, task, batch_size), data, task)
 
 
 def flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -273,22 +296,26 @@ def run(cfg: DictConfig) -> dict:
             finish_stage("fp32", model, tokenizer, ctx)
         models["fp32"] = model
     init = Path(cfg.init_from) if cfg.init_from else out / "fp32" / "model"
-    if quant:
-        qat_identity = stage_identity(cfg, "qat", world.size, fp32_identity)
-        check(out / "qat", qat_identity)
-        if not (out / "qat" / DONE).exists():
+    if quant:  # the QAT or PTQ stage, named after the path
+        stage = cfg.path.name
+        quant_identity = stage_identity(cfg, stage, world.size, fp32_identity)
+        check(out / stage, quant_identity)
+        if not (out / stage / DONE).exists():
             qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant)
-            times["qat_train_s"] = train_stage("qat", qmodel, ctx, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
-                                               cfg.recipe.qat_max_steps)
-            finish_stage("qat", qmodel, tokenizer, ctx)
-        qmodel = load(out / "qat" / "model", quant_mode=True, force_dequant=cfg.force_dequant)
+            if stage == "ptq":
+                times["ptq_calibration_s"] = calibrate(qmodel, ctx)
+            else:
+                times["qat_train_s"] = train_stage("qat", qmodel, ctx, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
+                                                   cfg.recipe.qat_max_steps)
+            finish_stage(stage, qmodel, tokenizer, ctx)
+        qmodel = load(out / stage / "model", quant_mode=True, force_dequant=cfg.force_dequant)
         models["fake-quant"] = qmodel
         if cfg.force_dequant == "none":
             integer_dir = out / "integer"
             if (integer_dir / DONE).exists():
-                check(integer_dir, qat_identity)
+                check(integer_dir, quant_identity)
             elif world.main:
-                atomic.write_dir(integer_dir, lambda d: (check_identity(d, qat_identity),
+                atomic.write_dir(integer_dir, lambda d: (check_identity(d, quant_identity),
                                                          save_integer(convert_to_integer(qmodel.eval()), d),
                                                          tokenizer.save_pretrained(d)))
                 (integer_dir / DONE).write_text("done\n")
@@ -300,16 +327,23 @@ def run(cfg: DictConfig) -> dict:
         world.barrier()
         return {}
 
-    metrics = {}
+    metrics, preds = {}, {}
     ctx.log.start_stage("eval", -1)  # a rerun's evaluation replaces the last one's
     for path, model in models.items():
         t = time.time()
-        metrics[path] = evaluate(model, data, task, cfg.recipe.eval_batch_size)
+        preds[path] = dev_predictions(model, data, task, cfg.recipe.eval_batch_size)
+        metrics[path] = metrics_of(preds[path], data, task)
         times[f"{path}_eval_s"] = time.time() - t
         ctx.log.log("eval", 0, {f"{path}/{k}": v for k, v in flat_metrics(metrics[path]).items()})
     ctx.log.close()
+    if "integer-only" in preds:  # the engine computes the fake-quant model's integers: every prediction agrees
+        agree = {split: int((p == preds["fake-quant"][split]).sum()) for split, p in preds["integer-only"].items()}
+        checks = {"integer_equals_fake_quant": all(agree[s] == len(data.dev[s]) for s in agree),
+                  "integer_agrees_with_fake_quant": agree}
+    else:
+        checks = {}
     results = {
-        "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times,
+        "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times, **checks,
         "seed": cfg.seed, "world_size": world.size, "git_commit": commit,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -209,6 +209,7 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     results = run(cfg)
     assert set(results["metrics"]) == {"fp32", "fake-quant", "integer-only"}
     assert results["metrics"]["integer-only"] == results["metrics"]["fake-quant"]
+    assert results["integer_equals_fake_quant"] and results["integer_agrees_with_fake_quant"] == {"dev": 24}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and saved["git_commit"] and saved["seed"] == 42
     assert (tmp_path / "integer" / "integer_model.safetensors").exists()
@@ -220,6 +221,11 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     again = run(cfg)  # the same config: every stage is reused
     assert again["metrics"] == results["metrics"] and "fp32_train_s" not in again["times_s"]
     check_evaluate_and_predict(tmp_path, glue_dir, results)
+    ptq = run(compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+                          + [f"output_dir={tmp_path / 'ptq_run'}", "path=ptq", "recipe.calibration_samples=20",
+                             f"init_from={tmp_path / 'fp32' / 'model'}"]))
+    assert ptq["metrics"]["fp32"] == results["metrics"]["fp32"] and ptq["integer_equals_fake_quant"]
+    assert "ptq_calibration_s" in ptq["times_s"] and (tmp_path / "ptq_run" / "ptq" / "DONE").exists()
     for override, stage in (("recipe.qat_lr=3e-6", "qat"), ("recipe.lr=1e-4", "fp32"), ("seed=1", "fp32")):
         changed = compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
                               + [f"output_dir={tmp_path}", override])
