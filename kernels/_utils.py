@@ -6,8 +6,8 @@ import os
 from typing import Callable
 
 import torch
-import triton
-import triton.language as tl
+from kernels._triton import AVAILABLE as TRITON_AVAILABLE
+from kernels._triton import tl, triton
 
 BACKENDS = ("auto", "triton", "torch")
 _COMPILE = {"on": os.environ.get("IBERT_COMPILE", "0") == "1"}
@@ -45,8 +45,11 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """'auto' is Triton for CUDA tensors and the torch reference otherwise."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" and not TRITON_AVAILABLE:
+        raise ValueError("backend='triton' needs Triton, which is not installed here: pip install triton, or use "
+                         "backend='torch'")
     if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
+        return "triton" if x.is_cuda and TRITON_AVAILABLE else "torch"
     if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing kernels")
     return backend

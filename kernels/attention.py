@@ -10,10 +10,9 @@ where it builds, else torch.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax, rshift_round
 from kernels.gemm import int8_bmm
 from kernels.softmax import CLIP, MAX_Z

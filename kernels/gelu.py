@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._cpu import resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax,
 )

@@ -11,10 +11,9 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits,
     check_multiplier,

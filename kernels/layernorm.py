@@ -9,10 +9,9 @@ then out = round((norm * m_c + beta_c) / 2**e_c): gamma and beta in one rounding
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import (
     bit_length,
     bit_length_reference,

@@ -6,10 +6,9 @@ them, optionally adding a second input with its own multiplier (the residual sum
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._cpu import resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits,
     check_multiplier,

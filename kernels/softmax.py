@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels._cpu import resolve_cpu_backend
+from kernels._triton import tl, triton
 from kernels._utils import check_bits, check_same_device, check_tensor, maybe_compiled
 from kernels.tuning import launch_config
 
@@ -164,10 +163,13 @@ def softmax(
         if tuple(mask.shape) != (x.shape[0], S):
             raise ValueError(f"mask must be [B, S] = {(x.shape[0], S)}, got {tuple(mask.shape)}")
     check_same_device(x=x, params=params, mask=mask)
-    if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
+    backend = resolve_cpu_backend(backend, x)
+    y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)
+    if x.numel() == 0:  # no rows, or rows of no keys
+        return y
+    if backend != "triton":  # no C++ kernel: "cpp" runs the reference
         return _softmax_torch(x, params, mask, out_bits)
     x = x.contiguous()
-    y = torch.empty(x.shape, dtype=torch.uint8 if out_bits <= 8 else torch.int32, device=x.device)
     rows = x.numel() // S
     cfg = launch_config("softmax", config, S, x.device)
     _softmax_kernel[(rows,)](

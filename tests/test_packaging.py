@@ -1,7 +1,9 @@
 """Packaging: the console commands, no sys.path edits, and our `kernels` package never passing for the hub's."""
 import importlib
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,39 @@ def test_console_commands_work_from_any_directory(tmp_path, command, args, expec
 def test_scripts_edit_no_sys_path():
     root = Path(__file__).resolve().parent.parent
     assert [p.name for p in (root / "scripts").glob("*.py") if "sys.path" in p.read_text()] == []
+
+
+NO_TRITON = """
+import sys
+class NoTriton:
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoTriton())
+import torch
+import ibert, kernels
+from ibert.engine import convert_to_integer
+assert "triton" not in sys.modules
+torch.manual_seed(0)
+model = ibert.IBertForSequenceClassification(ibert.IBertConfig(
+    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=40, quant_mode=True)).train()
+ids = torch.randint(2, 99, (2, 9))
+with torch.no_grad():
+    model(input_ids=ids)
+    model.eval()
+    assert torch.equal(model(input_ids=ids).logits, convert_to_integer(model)(input_ids=ids).logits)
+try:
+    kernels.requantize(torch.zeros(4, dtype=torch.int32), *kernels.dyadic(torch.tensor([0.5])), backend="triton")
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_import_and_the_torch_path_work_without_triton():
+    """Where no Triton wheel exists (macOS, Windows): the package imports, the fake-quant model and the engine
+    run on the torch path, and backend='triton' is a clear error."""
+    out = subprocess.run([sys.executable, "-c", NO_TRITON], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "backend='triton' needs Triton, which is not installed" in out.stdout
