@@ -29,7 +29,7 @@ def test_transformers_does_not_mistake_our_kernels_package():
     ("ibert-bench", ["--help"], "--batch"),
 ])
 def test_console_commands_work_from_any_directory(tmp_path, command, args, expect):
-    exe = shutil.which(command)
+    exe = shutil.which(command, path=str(Path(sys.executable).parent)) or shutil.which(command)
     assert exe, f"{command} is not installed: pip install -e ."
     out = subprocess.run([exe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
