@@ -8,6 +8,7 @@ This package deliberately defines no `__version__`: transformers probes for an u
 also imported as `kernels` (`is_kernels_available()`), and must not mistake this one for it.
 """
 from kernels._cpu import CPU_BACKENDS as BACKENDS
+from kernels._cpu import cpu_isa
 from kernels._utils import set_compile
 from kernels.attention import attention
 from kernels.gelu import gelu, gelu_params
@@ -18,5 +19,5 @@ from kernels.softmax import softmax, softmax_params
 
 __all__ = [
     "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "attention", "gelu", "gelu_params",
-    "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile", "BACKENDS",
+    "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile", "cpu_isa", "BACKENDS",
 ]

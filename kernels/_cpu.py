@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ SOURCES = tuple(CSRC / name for name in ("module.cpp", "attention_cpu.cpp", "gem
                                              "layer_cpu.cpp"))
 CPU_BACKENDS = (*BACKENDS, "cpp")
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+_INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what oneDNN's int8 GEMM (`torch._int_mm`) needs to be fast
+GEMM_ROUTES = ("int8", "fp32")
 
 
 def _cpu_flags() -> set[str]:
@@ -56,6 +59,29 @@ def cpp_extension():
     except Exception as exc:  # no compiler, no headers: the references still run
         warnings.warn(f"the C++ CPU kernels could not be built, using the torch references: {exc}")
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_gemm_route() -> str:
+    """How the torch path multiplies int8 matrices on this CPU: "int8" (`torch._int_mm`) where the CPU has an
+    int8 dot-product instruction (VNNI, AMX) or is not x86, else "fp32": exact float32 GEMMs over chunks of K
+    (`gemm._int_mm_fp32`), since without one oneDNN's int8 GEMM is ~30x slower than its float32 GEMM (AVX2 only:
+    1024 x 384 x 1536 in 489 ms against 15). The environment variable IBERT_CPU_GEMM=int8|fp32 forces a route."""
+    forced = os.environ.get("IBERT_CPU_GEMM")
+    if forced:
+        if forced not in GEMM_ROUTES:
+            raise ValueError(f"IBERT_CPU_GEMM must be one of {GEMM_ROUTES}, got {forced!r}")
+        return forced
+    if platform.machine() != "x86_64" or _cpu_flags() & _INT8_DOT_FLAGS:
+        return "int8"
+    return "fp32"
+
+
+def cpu_isa() -> str:
+    """What the integer ops run on this CPU: "cpp-avx512_vnni" (the C++ kernels, for the ops that have one;
+    the rest as below), "torch-int8" (the torch references on `torch._int_mm`) or "torch-fp32" (the torch
+    references on exact float32 GEMMs)."""
+    return "cpp-avx512_vnni" if cpp_available() else f"torch-{cpu_gemm_route()}"
 
 
 @torch.compiler.assume_constant_result

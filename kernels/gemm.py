@@ -12,7 +12,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._cpu import cpp_extension, cpu_gemm_route, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits,
@@ -148,7 +148,24 @@ def _int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -
         return torch.mul(a.int(), b.int(), out=out)
     if a.is_cuda and (M <= 16 or K % 8 or N % 8):
         return _padded_int_mm(a, b, out)
+    if not a.is_cuda and cpu_gemm_route() == "fp32":
+        return _int_mm_fp32(a, b, out)
     return torch._int_mm(a, b, out=out)
+
+
+FP32_EXACT_K = 1024  # int8 products are at most 2^14 in magnitude: sums of 1024 of them are float32-exact (2^24)
+
+
+def _int_mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact int32 `a @ b` for int8 a [..., M, K], b [..., K, N] through float32 GEMMs over chunks of
+    `FP32_EXACT_K` along K: every partial sum is an integer of magnitude <= 2^24, which float32 holds exactly,
+    so the result is exact whatever order the GEMM adds in. The chunks add up in int32."""
+    K = a.shape[-1]
+    acc = None
+    for k in range(0, max(K, 1), FP32_EXACT_K):
+        part = torch.matmul(a[..., k:k + FP32_EXACT_K].float(), b[..., k:k + FP32_EXACT_K, :].float()).int()
+        acc = part if acc is None else acc.add_(part)
+    return acc if out is None else out.copy_(acc)
 
 
 def _padded_int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,6 +197,8 @@ def _bmm_reference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
     if a.dtype == torch.uint8:
         a = (a ^ 128).view(torch.int8)  # a - 128
         correction = 128 * b.sum(-1, dtype=torch.int32)[:, None, :]
+    if not a.is_cuda and cpu_gemm_route() == "fp32":
+        return _int_mm_fp32(a, b.transpose(1, 2)), correction
     out = torch.empty(a.shape[0], a.shape[1], b.shape[1], dtype=torch.int32, device=a.device)
     for i in range(a.shape[0]):
         _int_mm(a[i], b[i].t(), out=out[i])

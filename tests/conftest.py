@@ -38,3 +38,17 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device() -> str:
     return DEVICE
+
+
+@pytest.fixture
+def gemm_route(monkeypatch):
+    """`gemm_route("int8" | "fp32")` forces the torch path's CPU GEMM route (IBERT_CPU_GEMM) for one test."""
+    from kernels._cpu import cpu_gemm_route
+
+    def force(route: str) -> None:
+        monkeypatch.setenv("IBERT_CPU_GEMM", route)
+        cpu_gemm_route.cache_clear()
+
+    yield force
+    monkeypatch.delenv("IBERT_CPU_GEMM", raising=False)
+    cpu_gemm_route.cache_clear()

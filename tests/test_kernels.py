@@ -513,3 +513,49 @@ def test_missing_cpu_features_warn_once_naming_them(monkeypatch):
             assert _cpu.cpp_extension() is None  # once a process
     finally:
         _cpu.cpp_extension.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 3), (3, 1, 4), (7, 1023, 9), (7, 1024, 9), (4, 1025, 6), (2, 3072, 5),
+                                   (3, 4, 8, 130, 6)])
+def test_int_mm_in_float32_chunks_is_exact(shape):
+    """The float32 route (CPUs without an int8 dot product) equals exact integer products, at the extremes too:
+    all -128 takes a chunk's sum to 2^24, the last float32-exact integer; all 127 gives odd sums, which float32
+    would round past 2^24 (K = 3072 without chunks)."""
+    from kernels.gemm import _int_mm_fp32
+
+    *batch, M, K, N = shape
+    a = randint(-128, 127, (*batch, M, K), torch.int8)
+    b = randint(-128, 127, (*batch, K, N), torch.int8, seed=1)
+    for x, y in ((a, b), (torch.full_like(a, -128), torch.full_like(b, -128)),
+                 (torch.full_like(a, 127), torch.full_like(b, 127))):
+        expected = (x.long() @ y.long()).int() if K else torch.zeros(*batch, M, N, dtype=torch.int32)
+        got = _int_mm_fp32(x, y)
+        assert got.dtype == torch.int32 and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("route", ["int8", "fp32"])
+def test_cpu_gemm_routes_give_the_same_integers(route, gemm_route):
+    """IBERT_CPU_GEMM forces a route; the public ops give the same results on both (uint8 P V included)."""
+    from kernels._cpu import cpu_gemm_route
+
+    gemm_route(route)
+    assert cpu_gemm_route() == route
+    a, b = randint(-128, 127, (33, 96), torch.int8), randint(-128, 127, (40, 96), torch.int8, seed=1)
+    assert torch.equal(int8_matmul(a, b, backend="torch"), (a.long() @ b.long().T).int())
+    p, v = randint(0, 255, (3, 17, 24), torch.uint8), randint(-128, 127, (3, 8, 24), torch.int8, seed=2)
+    assert torch.equal(int8_bmm(p, v, backend="torch"), (p.long() @ v.long().transpose(1, 2)).int())
+
+
+def test_cpu_gemm_route_rejects_an_unknown_value(gemm_route):
+    from kernels._cpu import cpu_gemm_route
+
+    gemm_route("int4")
+    with pytest.raises(ValueError, match="IBERT_CPU_GEMM must be one of"):
+        cpu_gemm_route()
+
+
+def test_cpu_isa_names_what_the_integer_ops_run_on(gemm_route):
+    from kernels._cpu import cpp_available
+
+    gemm_route("fp32")
+    assert kernels.cpu_isa() == ("cpp-avx512_vnni" if cpp_available() else "torch-fp32")
