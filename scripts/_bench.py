@@ -19,9 +19,22 @@ FIELDS = ["time", "commit", "device", "benchmark", "case", "impl", "ms", "speedu
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model, its int8 instructions and the threads torch uses."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = next((name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
+                                        ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 only")) if flag in flags), "")
+    return f"{model} ({isa}), {torch.get_num_threads()} threads" if isa else f"{model}, {torch.get_num_threads()} threads"
 
 
 def git_commit() -> str:
@@ -70,6 +83,23 @@ def paired(base: Callable[[], object], new: Callable[[], object], device: str, p
     ratios = [b / n for b, n in zip(tb, tn)]
     return {"base ms": statistics.median(tb), "new ms": statistics.median(tn), "ratio": statistics.median(ratios),
             "min": min(ratios), "max": max(ratios), "pairs": pairs}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device: str, rounds: int = 7,
+                warm_ms: float = 50.0) -> dict[str, list[float]]:
+    """Each round times one call of every function in turn, so every round sees one set of host conditions; each
+    timed call follows at least `warm_ms` of untimed calls of the same function (on a 2-vCPU VM a call after an
+    idle gap of 30 ms or more runs 15-100% slower, and ONNX Runtime's workers spin ~26 ms after a run).
+    Returns each function's `rounds` times in milliseconds."""
+    timed = _timer(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            while (time.perf_counter() - start) * 1000 < warm_ms:
+                timed(fn)
+            times[name].append(timed(fn))
+    return times
 
 
 def append_rows(rows: list[dict], path: Path = RESULTS_CSV) -> None:
