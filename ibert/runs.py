@@ -22,7 +22,8 @@ _TRAINING_KEYS = ("task.name", "model.name_or_path", "seed", "recipe.batch_size"
                   "recipe.group_by_length", "recipe.max_seq_length", "recipe.max_train_samples")
 _STAGE_KEYS = {
     "fp32": ("recipe.lr", "recipe.epochs", "recipe.max_steps"),
-    "qat": ("recipe.qat_lr", "recipe.qat_epochs", "recipe.qat_max_steps", "force_dequant", "init_from"),
+    "qat": ("recipe.qat_lr", "recipe.qat_epochs", "recipe.qat_max_steps", "recipe.distill", "force_dequant",
+            "init_from"),
     "ptq": ("recipe.calibration_samples", "force_dequant", "init_from"),
 }
 

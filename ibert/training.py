@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -115,12 +116,36 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, group_by_leng
     return batches
 
 
+def distillation_loss(out, teacher_out, attention_mask: torch.Tensor, distill: DictConfig,
+                      regression: bool) -> torch.Tensor:
+    """`(1 - distill.logits) * out.loss + distill.logits * soft-target loss + distill.hidden * hidden-state MSE`.
+    Soft targets: KL(teacher || student) of the logits at `distill.temperature`, times its square (regression:
+    the squared error to the teacher's score). Hidden states: the mean squared error over real tokens
+    (attention_mask [B, S]), averaged over the embeddings and every layer."""
+    s, t = out.logits, teacher_out.logits
+    if regression:
+        soft = F.mse_loss(s, t)
+    else:
+        T = distill.temperature
+        soft = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+                        reduction="batchmean") * T * T
+    loss = (1 - distill.logits) * out.loss + distill.logits * soft
+    if distill.hidden:
+        mask = attention_mask[..., None].to(s.dtype)
+        per_layer = [((hs - ht) ** 2 * mask).sum() / (mask.sum() * hs.shape[-1])
+                     for hs, ht in zip(out.hidden_states, teacher_out.hidden_states)]
+        loss = loss + distill.hidden * torch.stack(per_layer).mean()
+    return loss
+
+
 def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContext, lr: float, epochs: float,
-                max_steps: int | None) -> float:
+                max_steps: int | None, teacher: IBertForSequenceClassification | None = None) -> float:
     """Fine-tune `model` (on ctx.device) in place, resuming from <run dir>/<name>/last.pt; returns the seconds this
-    call trained. Logs loss, learning rate and gradient norm every `logger.every_n_steps` steps, and the dev metrics
-    every `recipe.eval_every` steps (if set)."""
+    call trained. With a `teacher` (eval mode), the loss is `distillation_loss` with `recipe.distill`. Logs loss,
+    learning rate and gradient norm every `logger.every_n_steps` steps, and the dev metrics every
+    `recipe.eval_every` steps (if set)."""
     cfg, data, world, r = ctx.cfg, ctx.data, ctx.world, ctx.cfg.recipe
+    hidden = teacher is not None and bool(r.distill.hidden)
     steps_per_epoch = math.ceil(len(data.train) / r.batch_size)
     total = math.ceil(epochs * steps_per_epoch)
     if max_steps:
@@ -161,7 +186,12 @@ def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContex
             batches = epoch_batches(lengths, r.batch_size, cfg.seed + epoch, r.group_by_length)
         shard, weight = world.shard(batches[i])
         batch = to_device(data.collate([data.train[j] for j in shard]), ctx.device)
-        loss = net(**batch).loss
+        out = net(**batch, output_hidden_states=hidden)
+        loss = out.loss
+        if teacher is not None:
+            with torch.no_grad():
+                taught = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=hidden)
+            loss = distillation_loss(out, taught, batch["attention_mask"], r.distill, ctx.task.labels is None)
         opt.zero_grad(set_to_none=True)
         (loss * weight).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm)
@@ -305,8 +335,12 @@ def run(cfg: DictConfig) -> dict:
             if stage == "ptq":
                 times["ptq_calibration_s"] = calibrate(qmodel, ctx)
             else:
+                teacher = None
+                if cfg.recipe.get("distill"):
+                    teacher = (models["fp32"] if "fp32" in models else load(init, quant_mode=False)).eval()
+                    teacher.requires_grad_(False)
                 times["qat_train_s"] = train_stage("qat", qmodel, ctx, cfg.recipe.qat_lr, cfg.recipe.qat_epochs,
-                                                   cfg.recipe.qat_max_steps)
+                                                   cfg.recipe.qat_max_steps, teacher)
             finish_stage(stage, qmodel, tokenizer, ctx)
         qmodel = load(out / stage / "model", quant_mode=True, force_dequant=cfg.force_dequant)
         models["fake-quant"] = qmodel

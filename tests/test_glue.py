@@ -44,7 +44,7 @@ def test_every_task_and_model_composes(task, model):
     assert cfg.recipe.max_seq_length == cfg.task.max_seq_length
 
 
-@pytest.mark.parametrize("group", ["path", "recipe", "experiment", "sweep", "logger", "hparams_search"])
+@pytest.mark.parametrize("group", ["path", "recipe", "distill", "experiment", "sweep", "logger", "hparams_search"])
 def test_every_other_config_composes(group):
     for option in group_options(group):
         cfg = compose_cfg([f"{group}={option}"])
@@ -83,6 +83,7 @@ def test_top_level_overrides():
     (["task=sst2", "quant_mode=true"], "runs/sst2/minilm/qat-none-seed42"),
     (["experiment=sst2_minilm_cpu"], "runs/sst2/minilm/qat-none-seed42"),
     (["task=rte", "path=qat", "seed=3", "recipe.qat_lr=1e-6", "threads=2"], "runs/rte/minilm/qat-none-seed3,recipe.qat_lr=1e-6"),
+    (["task=stsb", "quant_mode=true", "distill=logits"], "runs/stsb/minilm/qat-none-seed42,distill=logits"),
 ])
 def test_run_directory_is_named_by_its_config(overrides, run_dir):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -352,3 +353,49 @@ def test_joblib_sweep_runs_two_jobs(tiny_setup, tmp_path):
     results = {json.loads(f.read_text())["seed"]: f.parent for f in tmp_path.rglob("results.json")}
     name = "qat-none-seed{},recipe.batch_size=8,recipe.max_steps=6,recipe.qat_max_steps=6"
     assert results == {seed: tmp_path / name.format(seed) for seed in (1, 2)}
+
+
+def test_distillation_loss():
+    from types import SimpleNamespace as NS
+
+    from ibert.training import distillation_loss
+
+    torch.manual_seed(0)
+    s, t, task_loss = torch.randn(4, 3), torch.randn(4, 3), torch.tensor(0.7)
+    hs, ht = [torch.randn(4, 5, 8) for _ in range(2)], [torch.randn(4, 5, 8) for _ in range(2)]
+    mask = torch.ones(4, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    out, teacher = NS(logits=s, loss=task_loss, hidden_states=hs), NS(logits=t, hidden_states=ht)
+    cfg = lambda **kw: OmegaConf.create({"logits": 0.5, "hidden": 0.0, "temperature": 2.0, **kw})
+    assert distillation_loss(out, teacher, mask, cfg(logits=0.0), False) == task_loss
+    p, q = torch.softmax(t / 2, -1), torch.softmax(s / 2, -1)
+    kl = (p * (p.log() - q.log())).sum(-1).mean() * 4
+    torch.testing.assert_close(distillation_loss(out, teacher, mask, cfg(), False), 0.5 * task_loss + 0.5 * kl)
+    same = NS(logits=s, hidden_states=hs)
+    torch.testing.assert_close(distillation_loss(out, same, mask, cfg(hidden=1.0), False), 0.5 * task_loss)
+    torch.testing.assert_close(distillation_loss(out, teacher, mask, cfg(), True),
+                               0.5 * task_loss + 0.5 * ((s - t) ** 2).mean())
+    with_hidden = distillation_loss(out, teacher, mask, cfg(hidden=2.0), False)
+    expected = sum(((a - b) ** 2 * mask[..., None]).sum() / (mask.sum() * 8) for a, b in zip(hs, ht)) / 2
+    torch.testing.assert_close(with_hidden, 0.5 * task_loss + 0.5 * kl + 2.0 * expected)
+    hs[0][1, 4] += 100.0  # a padding position: no effect
+    torch.testing.assert_close(distillation_loss(out, teacher, mask, cfg(hidden=2.0), False), with_hidden)
+
+
+def test_qat_with_distillation_runs_and_is_recorded(tiny_setup, tmp_path):
+    from ibert.training import run
+
+    model_dir, glue_dir = tiny_setup
+    cfg = compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+                      + [f"output_dir={tmp_path}", "distill=hidden"])
+    results = run(cfg)
+    assert results["integer_equals_fake_quant"]
+    assert json.loads((tmp_path / "qat" / "identity.json").read_text())["recipe.distill"] == {
+        "logits": 0.5, "hidden": 1.0, "temperature": 1.0}
+    plain = [o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+    with pytest.raises(ValueError, match="recipe.distill: "):
+        run(compose_cfg(plain + [f"output_dir={tmp_path}"]))
+    run(compose_cfg(plain + [f"output_dir={tmp_path / 'plain'}", f"init_from={tmp_path / 'fp32' / 'model'}"]))
+    qat_loss = lambda d: [v for st, step, key, v in logged(d) if (st, step, key) == ("qat", 3, "loss")]
+    taught, untaught = qat_loss(tmp_path), qat_loss(tmp_path / "plain")
+    assert len(taught) == len(untaught) == 1 and taught != untaught  # the same batches and dropout, another loss
