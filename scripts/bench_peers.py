@@ -15,8 +15,8 @@ Accuracy (`--glue`): for each run directory, its fine-tuned fp32 model as the pe
 RoBERTa with the same weights: same logits), quantized by each peer (NNCF calibrated on
 `--calibration-samples` training examples, as our `path=ptq`), beside our integer engines (the run's QAT
 engine, and the PTQ engine of the run `ptq-<...>` beside it where there is one): the task's dev metric and the
-share of dev predictions equal to fp32's, per run and as mean +- std over the runs. Written to
-`<run>/peers/<task>-dev.json`.
+share of dev predictions equal to fp32's (regression: the correlation with fp32's scores), per run and as
+mean +- std over the runs. Written to `<run>/peers/<task>-dev.json`.
 """
 from __future__ import annotations
 
@@ -205,6 +205,13 @@ def latency(args: argparse.Namespace) -> None:
                 ["case", "implementation", "ms", "its time / engine's", "rounds"])
 
 
+def agreement(task: glue.Task, p: np.ndarray, fp32: np.ndarray) -> float:
+    """Classification: the % of predictions equal to fp32's; regression: 100 x Pearson r with fp32's scores."""
+    if task.labels is None:
+        return float(np.corrcoef(p, fp32)[0, 1]) * 100
+    return float(np.mean(p == fp32)) * 100
+
+
 def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
@@ -249,8 +256,7 @@ def glue_accuracy(args: argparse.Namespace) -> None:
         result = {"task": task.name, "run": str(run_dir), "calibration_samples": args.calibration_samples,
                   "cpu": device_name("cpu"), "implementations": {
                       name: {"metrics": glue.compute_metrics(task, p, labels),
-                             "agrees_with_fp32": float(np.mean(np.isclose(p, base) if task.labels is None
-                                                               else p == base)) * 100,
+                             "agreement_with_fp32": agreement(task, p, base),
                              "runs_on": impls[name][1]} for name, p in preds.items()}}
         out = run_dir / "peers" / f"{task.name}-dev.json"
         out.parent.mkdir(exist_ok=True)
@@ -258,12 +264,13 @@ def glue_accuracy(args: argparse.Namespace) -> None:
         per_run.append(result)
         print(f"written to {out}", flush=True)
     metric = task.main_metric
+    agree_column = "100 x Pearson r with fp32" if task.labels is None else "predictions equal to fp32's (%)"
     names = list(per_run[0]["implementations"])
     rows = []
     for name in names:
         got = [r["implementations"][name] for r in per_run if name in r["implementations"]]
         rows.append({"implementation": name, f"dev {metric}": _mean_std([g["metrics"][metric] for g in got]),
-                     "predictions equal to fp32's (%)": _mean_std([g["agrees_with_fp32"] for g in got]),
+                     agree_column: _mean_std([g["agreement_with_fp32"] for g in got]),
                      "runs": len(got)})
     print_table(f"{task.name} dev, {len(per_run)} fine-tuned fp32 models (mean ± std over runs; "
                 f"{device_name('cpu')})", rows, list(rows[0]))
