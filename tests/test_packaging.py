@@ -76,3 +76,19 @@ def test_import_and_the_torch_path_work_without_triton():
                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "backend='triton' needs Triton, which is not installed" in out.stdout
+
+
+def test_wheel_carries_every_config_and_cpp_source(tmp_path):
+    """A wheel (what `pip install` of a release gets) holds every config group's YAML and the C++ sources."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                          str(tmp_path), str(root)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "absent from the `packages` configuration" not in out.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"ibert/configs/{p.relative_to(root / 'configs')}" for p in (root / "configs").rglob("*.yaml")}
+    expected |= {f"kernels/csrc/{p.name}" for p in (root / "kernels" / "csrc").iterdir() if p.suffix in (".cpp", ".h")}
+    assert expected <= names, sorted(expected - names)
