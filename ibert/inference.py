@@ -18,6 +18,7 @@ from ibert import glue
 from ibert.checkpoints import load_pretrained
 from ibert.engine import integer_dir, load_integer
 from ibert.modeling import IBertForSequenceClassification
+from ibert.placement import to_device
 
 RUN_STAGES = ("integer", "qat/model", "ptq/model", "fp32/model")
 
@@ -79,7 +80,7 @@ def logits_of(model: torch.nn.Module, collate: DataCollatorWithPadding, examples
     out = []
     for i in range(0, len(examples), batch_size):
         batch = collate([{k: v for k, v in ex.items() if k != "labels"} for ex in examples[i:i + batch_size]])
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+        out.append(model(**to_device(batch, device)).logits.float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
 
 

@@ -28,7 +28,9 @@ from transformers.modeling_outputs import (
 )
 
 from ibert.configuration import IBertConfig
-from ibert.quant import IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantEmbedding, QuantLinear, Scaled
+from kernels.softmax import MAX_SCALE as SOFTMAX_MAX_SCALE
+from ibert.quant import (IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantEmbedding, QuantLinear, Scaled,
+                         ScaleProductCap)
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:
@@ -134,6 +136,9 @@ class IBertSelfAttention(nn.Module):
         self.query, self.key, self.value = linear(), linear(), linear()
         self.query_activation = QuantAct(config.act_bits, quant_mode=q)
         self.key_activation = QuantAct(config.act_bits, quant_mode=q)
+        # i-softmax takes scores of scale s_q s_k / sqrt(d) <= ln2 / 8 (8 steps per ln2); the margin covers float32
+        ScaleProductCap(self.query_activation, self.key_activation,
+                        SOFTMAX_MAX_SCALE * math.sqrt(self.head_size) * (1 - 1e-5))
         self.value_activation = QuantAct(config.act_bits, quant_mode=q)
         self.softmax = IntSoftmax(config.softmax_bits, quant_mode=q and "softmax" not in config.dequant,
                                   backend=config.backend)
@@ -145,8 +150,12 @@ class IBertSelfAttention(nn.Module):
         return x.view(*x.shape[:2], self.num_heads, self.head_size).transpose(1, 2)
 
     def forward(self, x, s_x, mask, head_mask=None, output_attentions=False):
-        q, s_q = self.query_activation(*self.query(x, s_x))
-        k, s_k = self.key_activation(*self.key(x, s_x))
+        (q, s_q), (k, s_k) = self.query(x, s_x), self.key(x, s_x)
+        if self.training and self.query_activation.quant_mode:  # both ranges first: their scales are capped together
+            self.query_activation.observe(q)
+            self.key_activation.observe(k)
+        q, s_q = self.query_activation.quantize(q, s_q)
+        k, s_k = self.key_activation.quantize(k, s_k)
         v, s_v = self.value_activation(*self.value(x, s_x))
         q, k, v = self.heads(q), self.heads(k), self.heads(v)
         # q k^T is exact in fp32 for integer-valued q, k (|sum| < 2**24); the 1/sqrt(d) goes into the scale.

@@ -10,6 +10,10 @@ import torch
 import torch.distributed as dist
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when a GPU is present, else the CPU."""
     if name == "auto":

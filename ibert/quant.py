@@ -10,6 +10,7 @@ Gradients pass straight through (STE): each integer result `y_int * s` is return
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, TypeVar
 
 import torch
@@ -108,6 +109,7 @@ class QuantAct(nn.Module):
         self.bits, self.momentum, self.quant_mode = bits, momentum, quant_mode
         self.register_buffer("x_min", torch.zeros(1))
         self.register_buffer("x_max", torch.zeros(1))
+        self.cap: ScaleProductCap | None = None  # set by ScaleProductCap
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, quant_mode={self.quant_mode}"
@@ -126,10 +128,17 @@ class QuantAct(nn.Module):
         else:
             self.x_min.mul_(self.momentum).add_((1 - self.momentum) * lo)
             self.x_max.mul_(self.momentum).add_((1 - self.momentum) * hi)
+        if self.cap is not None:
+            self.cap.check()
+
+    def range_scale(self) -> torch.Tensor:
+        """The scale [1] that the current range asks for."""
+        return torch.maximum(self.x_min.abs(), self.x_max.abs()).clamp(min=EPS_SCALE) / qmax(self.bits)
 
     def scale(self) -> torch.Tensor:
-        """Output scale [1] from the current range."""
-        return torch.maximum(self.x_min.abs(), self.x_max.abs()).clamp(min=EPS_SCALE) / qmax(self.bits)
+        """Output scale [1]: the range's, shrunk where a `ScaleProductCap` binds (the largest values saturate)."""
+        s = self.range_scale()
+        return s if self.cap is None else s * self.cap.factor()
 
     def multiplier(self, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dyadic (m, e) taking integers of scale s_in to this quantizer's scale."""
@@ -137,11 +146,16 @@ class QuantAct(nn.Module):
 
     def forward(self, x: torch.Tensor, s_in: torch.Tensor | None = None,
                 identity: torch.Tensor | None = None, s_id: torch.Tensor | None = None) -> Scaled:
+        if self.training and self.quant_mode:
+            self.observe(x if identity is None else x + identity)
+        return self.quantize(x, s_in, identity, s_id)
+
+    def quantize(self, x: torch.Tensor, s_in: torch.Tensor | None = None,
+                 identity: torch.Tensor | None = None, s_id: torch.Tensor | None = None) -> Scaled:
+        """`forward` with the range as it is (not observed)."""
         if not self.quant_mode:
             return (x if identity is None else x + identity), None
         total = x if identity is None else x + identity
-        if self.training:
-            self.observe(total)
         s_out = self.scale()
         if s_in is None:
             q = torch.clamp(torch.round(total.detach() / s_out), -qmax(self.bits), qmax(self.bits))
@@ -152,6 +166,28 @@ class QuantAct(nn.Module):
             y = _requant_values_fused(x.detach(), s_in, m, e, self.bits, s_out,
                                       None if identity is None else identity.detach(), s_id, mr, er)
         return ste(total, y), s_out
+
+
+class ScaleProductCap:
+    """Keeps the product of two quantizers' scales at most `limit` (Q and K, whose product over sqrt(d) is the
+    i-softmax input scale, which must stay <= ln2 / 8): where their ranges ask for more, both scales shrink by
+    one factor and their largest values saturate. It holds no state: the scales follow from the two ranges."""
+
+    def __init__(self, a: QuantAct, b: QuantAct, limit: float):
+        self.acts, self.limit = (a, b), limit
+        a.cap = b.cap = self
+
+    def factor(self) -> torch.Tensor:
+        """1, or the factor [1] < 1 that brings the product of the two range scales to `limit`."""
+        a, b = (act.range_scale() for act in self.acts)
+        return torch.sqrt(self.limit / (a * b)).clamp(max=1.0)
+
+    def check(self) -> None:
+        f = self.factor().item()
+        if f < 1:
+            tops = " and ".join(f"+-{act.range_scale().item() * qmax(act.bits):.4g}" for act in self.acts)
+            warnings.warn(f"activation ranges {tops} ask for scales whose product exceeds {self.limit:.4g}: both "
+                          f"are clipped by a factor {f:.4g}")
 
 
 class QuantEmbedding(FrozenWeightCache, nn.Embedding):

@@ -30,7 +30,7 @@ from ibert.engine import convert_to_integer, load_integer, save_integer
 from ibert.inference import logits_of, predictions
 from ibert.loggers import RunLog, make_log
 from ibert.modeling import IBertForSequenceClassification
-from ibert.placement import World, init_world
+from ibert.placement import World, init_world, to_device
 from ibert.runs import check_identity, stage_identity
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ class RunContext:
 
 def model_path(cfg: DictConfig) -> str:
     return cfg.model.name_or_path or offline_minilm_path()
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -213,7 +209,7 @@ def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContex
                 model.train()
             world.barrier()
         if step % r.checkpoint_every == 0 or step == total:
-            rngs = world.gather({k: v.cpu() for k, v in rng_state(ctx.device).items()})
+            rngs = world.gather(rng_state(ctx.device))  # CPU tensors
             pending = world.gather(losses)
             if world.main:
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

@@ -178,7 +178,7 @@ def latency(args: argparse.Namespace) -> None:
         impls = peers(twin, make_inputs(2, 16, "cpu"), [make_inputs(2, 128, "cpu") for _ in range(4)],
                       Path(tmp), threads)
     impls["ours fp32"] = (torch_run(ours_fp32), "oneDNN/MKL fp32")
-    impls["ours integer engine"] = (lambda x: engine(**x).last_hidden_state, kernels.cpu_isa())
+    impls["ours integer engine"] = (torch_run(engine), kernels.cpu_isa())
     for name, (_, isa) in impls.items():
         print(f"{name}: {isa}")
     shapes = [(b, s) for s in (128, 256) for b in (1, 2, 4, 8)] if args.grid else [(8, 128), (1, 128)]
@@ -247,7 +247,7 @@ def glue_accuracy(args: argparse.Namespace) -> None:
                            / "integer")):
             if (sub / "config.json").is_file():
                 engine = load_integer(sub).eval()
-                impls[name] = (lambda x, engine=engine: engine(**x).logits.float().numpy(), kernels.cpu_isa())
+                impls[name] = (torch_run(engine), kernels.cpu_isa())
         preds = {}
         for name, (run, _) in impls.items():
             logits = torch.from_numpy(np.concatenate([run(dict(b)) for b in batches]))

@@ -21,8 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PATHS = ("fp32", "fake-quant", "integer-only")
-# Config keys that do not make runs different experiments (the seed is what the aggregation is over).
-NOT_THE_EXPERIMENT = {"seed", "output_dir", "glue_dir", "threads", "compile", "device", "logger", "optimized_metric"}
+# Config keys that do not make runs different experiments (the seed is what the aggregation is over; init_from
+# points a PTQ or distillation run at its own seed's fp32 model).
+NOT_THE_EXPERIMENT = {"seed", "init_from", "output_dir", "glue_dir", "threads", "compile", "device", "logger",
+                      "optimized_metric"}
 
 
 def collect(roots: list[str]) -> list[dict]:

@@ -1,4 +1,6 @@
 """The IBert model family: fp32 parity with transformers, fake-quant training, the integer engine."""
+import math
+
 import pytest
 import torch
 import transformers
@@ -395,3 +397,38 @@ def test_transformers_ibert_checkpoint_loads_without_unexpected_keys(tmp_path):
     ours, info = ibert.IBertForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]
     assert float(ours.ibert.encoder.layer[0].attention.self.query_activation.x_max) == 3.5
+
+
+def test_large_query_key_ranges_are_clipped_to_the_softmax_domain():
+    """Q and K ranges so large that s_q s_k / sqrt(d) would exceed ln2 / 8 (where i-softmax has fewer than 8
+    steps per ln2) are clipped: QAT keeps training, and the engine still computes the fake-quant integers."""
+    from kernels.softmax import MAX_SCALE
+
+    torch.manual_seed(0)
+    model = ibert.IBertForSequenceClassification(IBertConfig(**{**TINY, "quant_mode": True}))
+    att = model.ibert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        att.query.weight.mul_(300.0)
+        att.key.weight.mul_(300.0)
+    model.train()
+    with pytest.warns(UserWarning, match="clipped"):
+        for s in range(3):
+            ids, mask = batch(s)
+            model(input_ids=ids, attention_mask=mask, labels=torch.zeros(3, dtype=torch.long)).loss.backward()
+    wanted = att.query_activation.range_scale() * att.key_activation.range_scale() / math.sqrt(att.head_size)
+    s_scores = att.query_activation.scale() * att.key_activation.scale() / math.sqrt(att.head_size)
+    assert wanted.item() > 4 * MAX_SCALE and MAX_SCALE * 0.999 < s_scores.item() <= MAX_SCALE
+    model.eval()
+    engine = convert_to_integer(model)
+    ids, mask = batch()
+    with torch.no_grad():
+        assert torch.equal(engine(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_query_key_ranges_within_the_softmax_domain_are_left_alone():
+    model = calibrated()
+    for layer in model.ibert.encoder.layer:
+        att = layer.attention.self
+        for act in (att.query_activation, att.key_activation):
+            assert torch.equal(act.scale(), act.range_scale())

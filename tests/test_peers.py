@@ -51,3 +51,46 @@ def test_every_peer_runs_the_model():
         cosine = float((out * reference).sum() / np.linalg.norm(out) / np.linalg.norm(reference))
         assert out.shape == reference.shape and cosine > 0.99, (name, cosine)
         assert isa, name
+
+
+def test_glue_accuracy_variant_on_a_tiny_run(tmp_path):
+    """--glue: every implementation's dev metric and agreement with fp32, from a run directory's models."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    import argparse
+    import json
+
+    import transformers
+
+    from ibert.checkpoints import offline_minilm_path
+    from ibert.engine import convert_to_integer, save_integer
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(offline_minilm_path())
+    torch.manual_seed(0)
+    config = {**TINY, "vocab_size": tokenizer.vocab_size, "num_labels": 2}
+    run = tmp_path / "sst2" / "qat-none-seed1"
+    fp32 = ibert.IBertForSequenceClassification(ibert.IBertConfig(**config)).eval()
+    fp32.save_pretrained(run / "fp32" / "model")
+    tokenizer.save_pretrained(run / "fp32" / "model")
+    fake = ibert.IBertForSequenceClassification(ibert.IBertConfig(**config, quant_mode=True))
+    fake.load_state_dict(fp32.state_dict(), strict=False)
+    fake.train()
+    words = ["good", "bad", "great", "awful", "fine", "dull"]
+    with torch.no_grad():
+        fake(**tokenizer([" ".join(words[i:] + words[:i]) for i in range(6)], return_tensors="pt", padding=True))
+    save_integer(convert_to_integer(fake.eval()), run / "integer")
+    (run / "results.json").write_text(json.dumps({"seed": 1}))
+    data = tmp_path / "glue" / "SST-2"
+    data.mkdir(parents=True)
+    for split in ("train", "dev"):
+        rows = [f"{' '.join(words[i % 6:] + words[:i % 6])}\t{i % 2}" for i in range(12)]
+        (data / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    args = argparse.Namespace(glue="sst2", runs=[str(run)], glue_dir=str(tmp_path / "glue"), calibration_samples=8,
+                              max_length=32, batch_size=5)
+    bench_peers.glue_accuracy(args)
+    result = json.loads((run / "peers" / "sst2-dev.json").read_text())
+    impls = result["implementations"]
+    assert set(impls) == {"ours fp32", "torch bf16", "ONNX Runtime int8", "OpenVINO default", "OpenVINO int8 (NNCF)",
+                          "ours integer-only (QAT)"}
+    assert impls["ours fp32"]["agreement_with_fp32"] == 100.0
+    assert all(0 <= v["metrics"]["accuracy"] <= 100 for v in impls.values())

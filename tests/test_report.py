@@ -38,6 +38,15 @@ def test_runs_differing_only_in_seed_aggregate(tmp_path):
     assert "1,2,3 (n=3)" in text and "71.00 ± 1.00" in text and "-0.33 ± 0.76" in text and "-1.00 .. +0.50" in text
 
 
+def test_runs_from_each_seeds_own_fp32_model_aggregate(tmp_path):
+    for seed in (1, 2):
+        d = write_run(tmp_path, "rte", seed, 70.0, 69.0)
+        r = json.loads((d / "results.json").read_text())
+        r["config"]["init_from"] = f"multirun/rte/minilm/qat-none-seed{seed}/fp32/model"
+        (d / "results.json").write_text(json.dumps(r))
+    assert [len(g) for g in report.seed_groups(report.collect([str(tmp_path)]))] == [2]
+
+
 def test_charts_are_drawn(tmp_path):
     for seed in (1, 2):
         d = write_run(tmp_path, "mrpc", seed, 80.0 + seed, 80.0)
