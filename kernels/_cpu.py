@@ -44,7 +44,7 @@ def cpp_extension():
     missing = sorted(_CPU_FLAGS - _cpu_flags())
     if missing:
         warnings.warn(f"the C++ CPU kernels need AVX-512 VNNI; this CPU lacks {', '.join(missing)}: the integer ops "
-                      f"run the torch references (exact, slower)")
+                      f"run the torch references (exact, slower; int8 products on the {cpu_gemm_route()!r} route)")
         return None
     try:
         from torch.utils.cpp_extension import load

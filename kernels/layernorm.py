@@ -169,8 +169,8 @@ def layernorm(
     if n >= 2**16:
         raise ValueError(f"layernorm rows must be shorter than 65536, got {n}")
     if x.numel():
-        bound = max_input(n)
-        torch._assert_async((x.amax() <= bound - 1) & (x.amin() >= 1 - bound),
+        bound, (lo, hi) = max_input(n), torch.aminmax(x)
+        torch._assert_async((hi <= bound - 1) & (lo >= 1 - bound),
                             f"layernorm: |x| must be below 2**{bound.bit_length() - 1} for rows of {n} (exact in int64)")
     check_bits(bits)
     check_tensor("eps_int", eps_int, (torch.int64,))
