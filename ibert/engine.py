@@ -332,12 +332,13 @@ def integer_dir(name_or_path, hub_kwargs: dict | None = None) -> Path | None:
         return Path(name_or_path) if (Path(name_or_path) / WEIGHTS_NAME).is_file() else None
     from transformers.utils import cached_file
 
+    fetch = lambda f: cached_file(str(name_or_path), f, _raise_exceptions_for_missing_entries=False,
+                                  **(hub_kwargs or {}))
     try:
-        files = [cached_file(str(name_or_path), f, _raise_exceptions_for_missing_entries=False, **(hub_kwargs or {}))
-                 for f in (WEIGHTS_NAME, CONFIG_NAME)]
+        weights = fetch(WEIGHTS_NAME)  # a float checkpoint has none: one lookup, not two
+        return Path(weights).parent if weights and fetch(CONFIG_NAME) else None
     except (OSError, ValueError):
         return None
-    return Path(files[0]).parent if all(files) else None
 
 
 def save_integer(engine: nn.Module, directory: str | os.PathLike) -> None:
