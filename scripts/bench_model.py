@@ -24,9 +24,9 @@ def roberta_base(layers: int, **kw) -> dict:
                 intermediate_size=3072, max_position_embeddings=514, **kw)
 
 
-def make_inputs(batch: int, seq: int, device: str):
+def make_inputs(batch: int, seq: int, device: str, vocab: int = 50000):
     g = torch.Generator().manual_seed(0)
-    return dict(input_ids=torch.randint(3, 50000, (batch, seq), generator=g).to(device),
+    return dict(input_ids=torch.randint(3, vocab, (batch, seq), generator=g).to(device),
                 attention_mask=torch.ones(batch, seq, dtype=torch.long, device=device))
 
 

@@ -1,7 +1,7 @@
 """The integer engine against what a user would run instead on the same CPU: speed, and accuracy on GLUE dev.
 
     pip install -e ".[peers]"
-    python scripts/bench_peers.py [--layers 12] [--grid] [--rounds 7]               # roberta-base size, random
+    python scripts/bench_peers.py [--size roberta-base|minilm] [--layers N] [--grid] [--rounds 7]   # random weights
     python scripts/bench_peers.py --glue rte --runs multirun/rte/minilm/qat-none-seed{1,2,3}   # dev accuracy
 
 Speed: one set of random roberta-base weights in transformers fp32, torch bf16 (`model.bfloat16()`), ONNX Runtime
@@ -164,18 +164,21 @@ def peers(twin: torch.nn.Module, example: Inputs, calibration: list[Inputs], wor
 def latency(args: argparse.Namespace) -> None:
     threads = torch.get_num_threads()
     dev = device_name("cpu")
-    print(f"device: {dev}; our integer ops: {kernels.cpu_isa()}; roberta-base size, {args.layers} layers")
+    config = dict(**roberta_base(args.layers or 12), type_vocab_size=1, pad_token_id=1)
+    if args.size == "minilm":  # all-MiniLM-L6-v2's shape
+        config.update(vocab_size=30522, hidden_size=384, num_hidden_layers=args.layers or 6, intermediate_size=1536)
+    size, vocab = f"{args.size} size, {config['num_hidden_layers']} layers", min(config["vocab_size"], 50000)
+    print(f"device: {dev}; our integer ops: {kernels.cpu_isa()}; {size}")
     torch.manual_seed(0)
-    config = dict(**roberta_base(args.layers), type_vocab_size=1, pad_token_id=1)
     ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**config)).eval()
     fake = ibert.IBertModel(ibert.IBertConfig(**config, quant_mode=True))
     fake.load_state_dict(ours_fp32.state_dict(), strict=False)
-    calib = make_inputs(8, 128, "cpu")
+    calib = make_inputs(8, 128, "cpu", vocab)
     calibrate(fake, calib)
     engine = convert_to_integer(fake)
     twin = roberta_twin(ours_fp32)
     with tempfile.TemporaryDirectory() as tmp:
-        impls = peers(twin, make_inputs(2, 16, "cpu"), [make_inputs(2, 128, "cpu") for _ in range(4)],
+        impls = peers(twin, make_inputs(2, 16, "cpu", vocab), [make_inputs(2, 128, "cpu", vocab) for _ in range(4)],
                       Path(tmp), threads)
     impls["ours fp32"] = (torch_run(ours_fp32), "oneDNN/MKL fp32")
     impls["ours integer engine"] = (torch_run(engine), kernels.cpu_isa())
@@ -184,7 +187,7 @@ def latency(args: argparse.Namespace) -> None:
     shapes = [(b, s) for s in (128, 256) for b in (1, 2, 4, 8)] if args.grid else [(8, 128), (1, 128)]
     rows = []
     for batch, seq in shapes:
-        x = make_inputs(batch, seq, "cpu")
+        x = make_inputs(batch, seq, "cpu", vocab)
         fns = {name: (lambda run=run: run(x)) for name, (run, _) in impls.items()}
         with torch.no_grad():
             for fn in fns.values():  # first calls: compilation, caches
@@ -198,10 +201,11 @@ def latency(args: argparse.Namespace) -> None:
                          "its time / engine's": f"{statistics.median(ratios):.2f}x",
                          "rounds": f"{min(ratios):.2f}-{max(ratios):.2f}x"})
             print(rows[-1], flush=True)
-        append_rows([{"device": dev, "benchmark": "peers", "case": case, "impl": r["implementation"], "ms": r["ms"],
+        append_rows([{"device": dev, "benchmark": "peers" if args.size == "roberta-base" else f"peers-{args.size}",
+                      "case": case, "impl": r["implementation"], "ms": r["ms"],
                       "speedup": r["its time / engine's"].rstrip("x"), "note": f"rounds {r['rounds']}; "
                       f"{impls[r['implementation']][1]}"} for r in rows if r["case"] == case])
-    print_table(f"peers, roberta-base size, {args.layers} layers ({dev}, {args.rounds} rounds)", rows,
+    print_table(f"peers, {size} ({dev}, {args.rounds} rounds)", rows,
                 ["case", "implementation", "ms", "its time / engine's", "rounds"])
 
 
@@ -282,7 +286,8 @@ def _chunks(items: list, n: int) -> list[list]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--size", choices=["roberta-base", "minilm"], default="roberta-base")
+    p.add_argument("--layers", type=int, help="default: the size's own (12, 6)")
     p.add_argument("--grid", action="store_true", help="the paper's latency grid (seq 128/256 x batch 1/2/4/8)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--glue", metavar="TASK", help="the accuracy variant on this task's dev set")
