@@ -49,13 +49,14 @@ Run = Callable[[Inputs], np.ndarray]  # inputs -> the model's first output (hidd
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def roberta_twin(model: ibert.IBertModel | ibert.IBertForSequenceClassification, eager: bool = False) -> torch.nn.Module:
-    """A transformers RoBERTa holding our fp32 model's weights (the same architecture: the same outputs)."""
+def roberta_twin(model: ibert.IBertModel | ibert.IBertForSequenceClassification) -> torch.nn.Module:
+    """A transformers RoBERTa (SDPA attention) holding our fp32 model's weights: the same architecture, the same
+    outputs."""
     cfg = model.config
     rc = transformers.RobertaConfig(**{k: getattr(cfg, k) for k in (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
         "max_position_embeddings", "type_vocab_size", "pad_token_id", "layer_norm_eps", "num_labels")},
-        attn_implementation="eager" if eager else "sdpa")
+        attn_implementation="sdpa")
     if isinstance(model, ibert.IBertModel):
         twin, state = transformers.RobertaModel(rc, add_pooling_layer=False), model.state_dict()
     else:
