@@ -28,9 +28,9 @@ from transformers.modeling_outputs import (
 )
 
 from ibert.configuration import IBertConfig
-from kernels.softmax import MAX_SCALE as SOFTMAX_MAX_SCALE
 from ibert.quant import (IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantEmbedding, QuantLinear, Scaled,
                          ScaleProductCap)
+from kernels.softmax import MAX_SCALE as SOFTMAX_MAX_SCALE
 
 
 def position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:
