@@ -154,6 +154,7 @@ class IBertSelfAttention(nn.Module):
         if self.training and self.query_activation.quant_mode:  # both ranges first: their scales are capped together
             self.query_activation.observe(q)
             self.key_activation.observe(k)
+            self.query_activation.cap.check()
         q, s_q = self.query_activation.quantize(q, s_q)
         k, s_k = self.key_activation.quantize(k, s_k)
         v, s_v = self.value_activation(*self.value(x, s_x))

@@ -128,8 +128,6 @@ class QuantAct(nn.Module):
         else:
             self.x_min.mul_(self.momentum).add_((1 - self.momentum) * lo)
             self.x_max.mul_(self.momentum).add_((1 - self.momentum) * hi)
-        if self.cap is not None:
-            self.cap.check()
 
     def range_scale(self) -> torch.Tensor:
         """The scale [1] that the current range asks for."""
@@ -183,6 +181,7 @@ class ScaleProductCap:
         return torch.sqrt(self.limit / (a * b)).clamp(max=1.0)
 
     def check(self) -> None:
+        """Warn when the cap binds (once both ranges have been observed: one host sync a step)."""
         f = self.factor().item()
         if f < 1:
             tops = " and ".join(f"+-{act.range_scale().item() * qmax(act.bits):.4g}" for act in self.acts)
