@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from kernels._cpu import _cpu_flags
+
 RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results.csv"
 FIELDS = ["time", "commit", "device", "benchmark", "case", "impl", "ms", "speedup", "note"]
 
@@ -22,15 +24,11 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's model, its int8 instructions and the threads torch uses."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), _cpu_flags()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
     isa = next((name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
                                         ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 only")) if flag in flags), "")
