@@ -154,12 +154,17 @@ class IntegerLayer(nn.Module):
         residual.set(*block.ln_input_act.multiplier(s_res))
         return ln.set(block.LayerNorm, s22, block.output_activation)
 
-    def cpp_buffers(self) -> list[torch.Tensor]:
-        """The integer buffers of `kernels.layer.encoder_layer_cpp`, in its order."""
-        return [*self.qkv.operands(), self.ctx_out.m, self.ctx_out.e, self.softmax_params,
-                *self.attn_dense.operands(), self.attn_residual.m, self.attn_residual.e, *self.attn_ln.operands(),
-                *self.ffn_in.operands(), self.gelu_params.reshape(-1), self.gelu_out.m, self.gelu_out.e,
-                *self.ffn_out.operands(), self.ffn_residual.m, self.ffn_residual.e, *self.ffn_ln.operands()]
+    def cpp_buffers(self) -> dict[str, torch.Tensor]:
+        """The integer buffers of `kernels.layer.encoder_layer_cpp`, by its names."""
+        named = {"context": self.ctx_out, "attention_residual": self.attn_residual, "gelu_output": self.gelu_out,
+                 "ffn_residual": self.ffn_residual}
+        buffers = {f"{name}.{k}": getattr(r, k) for name, r in named.items() for k in ("m", "e")}
+        for name, lin in (("qkv", self.qkv), ("attention_output", self.attn_dense), ("ffn_in", self.ffn_in),
+                          ("ffn_out", self.ffn_out)):
+            buffers |= dict(zip((f"{name}.bias", f"{name}.m", f"{name}.e"), lin.operands()))
+        for name, ln in (("attention_layernorm", self.attn_ln), ("ffn_layernorm", self.ffn_ln)):
+            buffers |= dict(zip((f"{name}.eps", f"{name}.m", f"{name}.e", f"{name}.beta"), ln.operands()))
+        return buffers | {"softmax.params": self.softmax_params, "gelu.params": self.gelu_params.reshape(-1)}
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, head_mask: torch.Tensor | None, backend: str,
                 keep_probs: bool = False):

@@ -1,6 +1,8 @@
 """The C++ kernels for x86 CPUs with AVX-512 VNNI (`kernels/csrc`): fused attention, int8 linear layers with
 in-register requantization, i-LayerNorm, and a whole encoder layer of them in one call. Built with
-`torch.utils.cpp_extension` on first use (~1 min, then cached)."""
+`torch.utils.cpp_extension` on first use (~1 min, then cached). The module builds on any x86-64 CPU (only the
+kernels' inner loops are compiled for AVX-512), and its ops check their arguments, then the CPU, before they run:
+where the CPU lacks the features they raise an error that says so."""
 from __future__ import annotations
 
 import functools
@@ -17,8 +19,8 @@ from kernels._utils import BACKENDS, resolve_backend
 
 log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = tuple(CSRC / name for name in ("module.cpp", "attention_cpu.cpp", "gemm_cpu.cpp", "layernorm_cpu.cpp",
-                                             "layer_cpu.cpp"))
+SOURCES = tuple(CSRC / name for name in ("module.cpp", "checks.cpp", "attention_cpu.cpp", "gemm_cpu.cpp",
+                                             "layernorm_cpu.cpp", "layer_cpu.cpp"))
 CPU_BACKENDS = (*BACKENDS, "cpp")
 _CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
 _INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what oneDNN's int8 GEMM (`torch._int_mm`) needs to be fast
@@ -35,8 +37,8 @@ def _cpu_flags() -> set[str]:
 
 @functools.lru_cache(maxsize=None)
 def cpp_extension():
-    """The compiled module (built once, cached by torch), or None where this CPU or toolchain can't (with one
-    warning a process that names what is missing and the path taken instead)."""
+    """The compiled module where this CPU can run its kernels, else None (with one warning a process that names
+    what is missing and the path taken instead)."""
     if platform.machine() != "x86_64":
         warnings.warn(f"the C++ CPU kernels need x86-64 (this is {platform.machine()}): the integer ops run the "
                       f"torch references")
@@ -46,6 +48,16 @@ def cpp_extension():
         warnings.warn(f"the C++ CPU kernels need AVX-512 VNNI; this CPU lacks {', '.join(missing)}: the integer ops "
                       f"run the torch references (exact, slower; int8 products on the {cpu_gemm_route()!r} route)")
         return None
+    return cpp_build()
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_build():
+    """The compiled module on any x86-64 CPU with a C++ compiler (built once, cached by torch), else None with a
+    warning. Its kernels run only where `cpp_extension()` has it; elsewhere its ops check their arguments and then
+    raise (what the tests of those checks use)."""
+    if platform.machine() != "x86_64":
+        return None
     try:
         from torch.utils.cpp_extension import load
 
@@ -53,12 +65,21 @@ def cpp_extension():
         # torch rebuilds when the sources or flags change, not the headers: their digest goes into the flags
         headers = hashlib.sha1(b"".join(h.read_bytes() for h in sorted(CSRC.glob("*.h")))).hexdigest()[:16]
         return load(name="ibert_cpu", sources=[str(s) for s in SOURCES], verbose=False,
-                    extra_cflags=["-O3", "-fwrapv", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                                  "-mavx512vnni", f"-DIBERT_HEADERS={headers}"],
+                    extra_cflags=["-O3", "-fwrapv", "-fopenmp", f"-DIBERT_HEADERS={headers}"],
                     extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no headers: the references still run
         warnings.warn(f"the C++ CPU kernels could not be built, using the torch references: {exc}")
         return None
+
+
+def cpp_ops():
+    """`cpp_build()` for the registered ops (torch.ops.ibert.*), which check their arguments and the CPU
+    themselves; a RuntimeError where there is no build."""
+    module = cpp_build()
+    if module is None:
+        raise RuntimeError(f"the C++ CPU kernels need an x86-64 CPU (this is {platform.machine()}) and a C++ "
+                           f"compiler: use backend='torch'")
+    return module
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._cpu import cpp_ops, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax, rshift_round
 from kernels.gemm import int8_bmm
@@ -114,7 +114,7 @@ def _attention_cpp_op(qkv: torch.Tensor, mask: torch.Tensor, params: torch.Tenso
     qkv: [B, S, 3 H] int8; mask: [B, S] int32 or empty; head_mask: [heads] uint8 or empty.
     Returns ctx [B, S, H] int8 and probs [B, heads, S, S] uint8 (empty unless return_probs)."""
     B, S, H3 = qkv.shape
-    ctx, probs = cpp_extension().attention(qkv.reshape(B * S, H3).contiguous(), mask.contiguous(), params.contiguous(),
+    ctx, probs = cpp_ops().attention(qkv.reshape(B * S, H3).contiguous(), mask.contiguous(), params.contiguous(),
                                            m.contiguous(), e.contiguous(), head_mask.contiguous(), B, heads,
                                            softmax_bits, qmax_, return_probs)
     return ctx.view(B, S, H3 // 3), probs

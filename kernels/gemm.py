@@ -12,7 +12,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from kernels._cpu import cpp_extension, cpu_gemm_route, resolve_cpu_backend
+from kernels._cpu import cpp_ops, cpu_gemm_route, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits,
@@ -244,7 +244,7 @@ def _packed_weight(b: torch.Tensor) -> torch.Tensor:
         return hit[1]
     if hit is None:
         weakref.finalize(b, _PACKED.pop, id(b), None)
-    packed = cpp_extension().pack_weight(b.contiguous())
+    packed = cpp_ops().pack_weight(b.contiguous())
     _PACKED[id(b)] = (b._version, packed)
     return packed
 
@@ -256,7 +256,7 @@ def _linear_cpp_op(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor, m: torc
     """The C++ kernel as a registered op (traceable, seen by dispatch modes). a: [M, K] int8 with K a multiple of
     4; b: [N, K'] int8, K' <= K (the rest counts as zero); empty bias / residual / gelu mean none.
     Returns [M, N], `bits`-bit."""
-    return cpp_extension().linear(a, _packed_weight(b), b.shape[0], bias, m, e, qmax_, residual, m_res, e_res, gelu,
+    return cpp_ops().linear(a, _packed_weight(b), b.shape[0], bias, m, e, qmax_, residual, m_res, e_res, gelu,
                                   m2, e2, bits)
 
 

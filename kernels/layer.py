@@ -7,9 +7,12 @@ of them at roberta-base size): 6-8% of a forward. The reference is the same laye
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 import torch
 
-from kernels._cpu import cpp_extension
+from kernels._cpu import cpp_ops
 from kernels.gemm import _packed_weight
 
 
@@ -30,17 +33,26 @@ def _(x, mask, head_mask, packed, buffers, heads, bits, ln_bits, gelu_input_bits
 
 def encoder_layer_cpp(
     x: torch.Tensor, mask: torch.Tensor, head_mask: torch.Tensor | None, weights: list[torch.Tensor],
-    buffers: list[torch.Tensor], heads: int, bits: int, ln_bits: int, gelu_input_bits: int, softmax_bits: int,
-    return_probs: bool = False,
+    buffers: Mapping[str, torch.Tensor], heads: int, bits: int, ln_bits: int, gelu_input_bits: int,
+    softmax_bits: int, return_probs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x: [B, S, H] int8 CPU; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
     weights: the int8 weights [N, K] of the QKV, attention output, FFN in and FFN out layers (packed on first use);
-    buffers: the layer's other integer buffers in the order of `ibert.engine.IntegerLayer.cpp_buffers`.
+    buffers: the layer's other integer buffers by name (`buffer_names()`; `ibert.engine.IntegerLayer.cpp_buffers`).
     Returns [B, S, H] int8 and, with return_probs, the probabilities [B, heads, S, S] uint8 (else None)."""
-    cpp_extension()  # loading it registers the kernel
+    names = buffer_names()  # loading the module also registers the kernel
+    if buffers.keys() != set(names):
+        raise ValueError(f"encoder_layer_cpp: buffers missing {sorted(set(names) - buffers.keys())}, unknown "
+                         f"{sorted(buffers.keys() - set(names))}")
     no_head_mask = x.new_empty(0, dtype=torch.uint8)
     y, probs = torch.ops.ibert.encoder_layer_cpp(
         x.contiguous(), mask.contiguous(), no_head_mask if head_mask is None else head_mask.contiguous(),
-        [_packed_weight(w) for w in weights], buffers, heads, bits, ln_bits, gelu_input_bits, softmax_bits,
-        return_probs)
+        [_packed_weight(w) for w in weights], [buffers[n] for n in names], heads, bits, ln_bits, gelu_input_bits,
+        softmax_bits, return_probs)
     return y, probs if return_probs else None
+
+
+@functools.cache
+def buffer_names() -> tuple[str, ...]:
+    """The names of the layer's integer buffers, in the op's order (defined once, in layer_cpu.cpp)."""
+    return tuple(cpp_ops().layer_buffer_names())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._cpu import cpp_extension, resolve_cpu_backend
+from kernels._cpu import cpp_ops, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import (
     bit_length,
@@ -142,7 +142,7 @@ def _layernorm_kernel(
 def _layernorm_cpp_op(x: torch.Tensor, eps_int: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
                       beta_int: torch.Tensor, bits: int) -> torch.Tensor:
     """The C++ kernel as a registered op. x: [R, N] int32 contiguous; the rest as `layernorm`'s."""
-    return cpp_extension().layernorm(x, eps_int.reshape(-1), m, e, beta_int, bits)
+    return cpp_ops().layernorm(x, eps_int.reshape(-1), m, e, beta_int, bits)
 
 
 @_layernorm_cpp_op.register_fake

@@ -22,13 +22,15 @@ def on_cpu(tree):
 
 
 def pytest_collection_modifyitems(config, items):
-    from kernels._cpu import cpp_available  # after TRITON_INTERPRET is set: kernels read it on import
+    from kernels._cpu import cpp_available, cpp_build  # after TRITON_INTERPRET is set: kernels read it on import
 
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
     if any(item.get_closest_marker("cpp") for item in items) and not cpp_available():
         skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX-512 VNNI and g++")
+    if any(item.get_closest_marker("cpp_build") for item in items) and cpp_build() is None:
+        skips["cpp_build"] = pytest.mark.skip(reason="the C++ module needs x86-64 and g++")
     for item in items:
         for marker, skip in skips.items():
             if item.get_closest_marker(marker):

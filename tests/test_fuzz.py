@@ -1,7 +1,7 @@
 """Fuzzing the public ops: random shapes (zeros included), dtypes, strides, buffer lengths and extreme values.
 Every call either returns what the torch reference returns or raises ValueError/TypeError/RuntimeError with a
 message; Triton (through the interpreter on the CPU, on CUDA where there is a GPU) equals the reference wherever
-both run. The C++ ops are fuzzed on the hosts that build them, in a subprocess (test_cpp)."""
+both run. The C++ ops are fuzzed on the hosts that build them, in a subprocess (test_cpp_checks)."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings

@@ -3,6 +3,7 @@
 //
 // The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
 // P V takes the 0..255 probabilities as they are.
+#include "checks.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -21,6 +22,8 @@ constexpr int32_t kClip = 1 << 30;
 constexpr int32_t kMaxZ = 30;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+IBERT_SIMD_BEGIN
 
 inline __m512i bcast4(const uint8_t* p) {
   int32_t v;
@@ -123,7 +126,9 @@ void softmax_row(const int32_t* __restrict x, const int32_t* __restrict ksum, co
     _mm512_storeu_si512(ex + j, e);
     sum = _mm512_mask_add_epi32(sum, below(j, n), sum, e);
   }
-  const __m512i factor = _mm512_set1_epi32(INT32_MAX / _mm512_reduce_add_epi32(sum));
+  const int32_t total = _mm512_reduce_add_epi32(sum);  // > 0 for params from softmax_params
+  TORCH_CHECK_VALUE(total > 0, "attention: a row's exps sum to ", total, ": params are not from softmax_params");
+  const __m512i factor = _mm512_set1_epi32(INT32_MAX / total);
   const __m512i top_p = _mm512_set1_epi32((1 << out_bits) - 1);
   const __m128i down = _mm_cvtsi32_si128(30 - out_bits);
   for (int64_t j = 0; j < n; j += 16) {
@@ -183,6 +188,8 @@ void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_
     }
 }
 
+IBERT_SIMD_END
+
 }  // namespace
 
 // qkv: [B*S, 3*heads*d] int8 (per token: q, k, v, each [heads, d]); mask: [B, S] int32 or empty; params: [5]
@@ -191,11 +198,34 @@ void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_
 std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torch::Tensor params, torch::Tensor m_t,
                                      torch::Tensor e_t, torch::Tensor head_mask, int64_t batch, int64_t heads,
                                      int64_t softmax_bits, int64_t qmax, bool want_probs) {
-  const int64_t tokens = qkv.size(0), H = qkv.size(1) / 3, d = H / heads, S = tokens / batch;
+  constexpr const char* op = "attention";
+  ibert::check_tensor(op, "qkv", qkv, torch::kInt8, 2);
+  ibert::check_range(op, "heads", heads, 1, INT32_MAX);
+  ibert::check_range(op, "batch", batch, 0, INT32_MAX);
+  const int64_t tokens = qkv.size(0), H = qkv.size(1) / 3, d = H / heads;
+  TORCH_CHECK_VALUE(qkv.size(1) > 0 && qkv.size(1) % (3 * heads) == 0, "attention: qkv's width (", qkv.size(1),
+                    ") must be 3 * heads * head_size with heads = ", heads);
+  TORCH_CHECK_VALUE(batch > 0 ? tokens % batch == 0 : tokens == 0, "attention: qkv's ", tokens,
+                    " rows must be batch (", batch, ") x sequence length");
+  const int64_t S = batch > 0 ? tokens / batch : 0;
+  ibert::check_range(op, "the sequence length (the softmax row sum is exact below 65536)", S, 0, 65535);
+  if (mask.numel()) ibert::check_shape(op, "mask", mask, torch::kInt32, {batch, S});
+  ibert::check_softmax_params(op, "params", params);
+  ibert::check_multiplier(op, "(m, e)", m_t, e_t, 1);
+  if (head_mask.numel()) {
+    ibert::check_shape(op, "head_mask", head_mask, torch::kUInt8, {heads});
+    const uint8_t* keep = head_mask.data_ptr<uint8_t>();
+    for (int64_t h = 0; h < heads; ++h)
+      TORCH_CHECK_VALUE(keep[h] <= 1, "attention: head_mask must hold zeros and ones, got ", int(keep[h]), " at ", h);
+  }
+  ibert::check_range(op, "softmax_bits", softmax_bits, 2, 8);
+  ibert::check_range(op, "qmax", qmax, 1, 127);
+  ibert::require_simd(op);
   const int64_t Sp = round_up(S, 16), dp = round_up(d, 16);
   auto ctx = torch::empty({tokens, H}, qkv.options());
   auto probs = torch::empty(want_probs ? std::vector<int64_t>{batch, heads, S, S} : std::vector<int64_t>{0},
                             qkv.options().dtype(torch::kUInt8));
+  if (tokens == 0) return {ctx, probs};
   const int64_t m = m_t.data_ptr<int32_t>()[0], e = e_t.data_ptr<int32_t>()[0];
   const int8_t* src = qkv.data_ptr<int8_t>();
   const int32_t* mk = mask.numel() ? mask.data_ptr<int32_t>() : nullptr;

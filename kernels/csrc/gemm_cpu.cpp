@@ -3,6 +3,7 @@
 //
 // vpdpbusd multiplies uint8 by int8, so the weights are stored once as w + 128 (uint8, packed in panels of 64
 // output channels) and the activations are read as they are: a . (w + 128) = a . w + 128 rowsum(a).
+#include "checks.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -36,6 +37,8 @@ struct Epilogue {
   int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
   int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
 };
+
+IBERT_SIMD_BEGIN
 
 // i-GELU of 16 int32 lanes already within +-32767, as kernels.gelu.gelu_reference (int32 arithmetic throughout).
 // sign(q) multiplies the erf term only where q != 0, and where q == 0 the result is 0 whatever the erf term.
@@ -175,6 +178,8 @@ void row_compensation(const int8_t* a, int64_t M, int64_t K, int32_t* comp) {
   });
 }
 
+IBERT_SIMD_END
+
 std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) {
   std::vector<int32_t> out(np, 0);
   const int32_t* p = x.data_ptr<int32_t>();
@@ -186,6 +191,7 @@ std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) 
 
 // w: [N, K] int8 -> [ceil(N / 64), K4 / 4, 64, 4] uint8 holding w + 128 (K4 = K rounded up to 4; padding 0).
 torch::Tensor pack_weight(torch::Tensor w) {
+  ibert::check_tensor("pack_weight", "w", w, torch::kInt8, 2);
   const int64_t N = w.size(0), K = w.size(1), K4 = (K + 3) / 4 * 4, panels = (N + kNR - 1) / kNR;
   auto packed = torch::zeros({panels, K4 / 4, kNR, 4}, w.options().dtype(torch::kUInt8));
   const int8_t* src = w.data_ptr<int8_t>();
@@ -203,9 +209,29 @@ torch::Tensor pack_weight(torch::Tensor w) {
 torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
                      torch::Tensor e, int64_t qmax, torch::Tensor residual, torch::Tensor m_res, torch::Tensor e_res,
                      torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits) {
-  const int64_t M = a.size(0), K = a.size(1), panels = packed.size(0), Np = panels * kNR;
-  TORCH_CHECK(a.is_contiguous() && K % 4 == 0 && packed.size(1) * 4 == K && Np >= N, "linear: a and packed disagree");
-  TORCH_CHECK((m.numel() == 1 || m.numel() == N) && m.numel() == e.numel(), "linear: m, e need 1 or N elements");
+  constexpr const char* op = "linear";
+  ibert::check_tensor(op, "a", a, torch::kInt8, 2);
+  const int64_t M = a.size(0), K = a.size(1), panels = (N + kNR - 1) / kNR, Np = panels * kNR;
+  TORCH_CHECK_VALUE(K % 4 == 0, "linear: a's ", K, " columns must be a multiple of 4 (pad them with zeros)");
+  ibert::check_packed(op, "packed", packed, N, K);
+  if (bias.numel()) ibert::check_shape(op, "bias", bias, torch::kInt32, {N});
+  ibert::check_multiplier(op, "(m, e)", m, e, N);
+  ibert::check_range(op, "out_bits", out_bits, 2, 32);
+  if (gelu.numel()) {
+    ibert::check_gelu_params(op, "gelu", gelu);
+    ibert::check_multiplier(op, "(m2, e2)", m2, e2, 1);
+    ibert::check_range(op, "qmax (of the i-GELU input)", qmax, 1, 32767);
+  } else {
+    TORCH_CHECK_VALUE(qmax == ibert::qmax_of(out_bits), "linear: without i-GELU, qmax must be 2**(out_bits - 1) - 1 = ",
+                      ibert::qmax_of(out_bits), ", got ", qmax);
+  }
+  if (residual.numel()) {
+    TORCH_CHECK_TYPE(residual.scalar_type() == torch::kInt8 || residual.scalar_type() == torch::kInt32,
+                     "linear: residual must be int8 or int32");
+    ibert::check_shape(op, "residual", residual, residual.scalar_type(), {M, N});
+    ibert::check_multiplier(op, "(m_res, e_res)", m_res, e_res, 1);
+  }
+  ibert::require_simd(op);
   auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
   std::vector<int32_t> comp(M);
   row_compensation(a.data_ptr<int8_t>(), M, K, comp.data());
@@ -219,19 +245,18 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     ep.half_res = half_of(ep.e_res);
   }
   if (gelu.numel()) {
-    TORCH_CHECK(qmax <= 32767, "linear: the i-GELU input must have at most 16 bits");
     const int64_t* g = gelu.data_ptr<int64_t>();
     ep.gelu = true;
     ep.clip = (int32_t)g[0], ep.c = (int32_t)g[1], ep.k = (int32_t)g[2], ep.one = (int32_t)g[3], ep.r = (int32_t)g[4];
     ep.m2 = m2.data_ptr<int32_t>()[0];
     ep.e2 = e2.data_ptr<int32_t>()[0];
     ep.half2 = half_of(ep.e2);
-    ep.qmax2 = (int64_t(1) << (out_bits - 1)) - 1;
+    ep.qmax2 = ibert::qmax_of(out_bits);
   }
   const int8_t* ap = a.data_ptr<int8_t>();
   const uint8_t* bp = packed.data_ptr<uint8_t>();
   const int32_t* cp = comp.data();
-  void* op = out.data_ptr();
+  void* dst = out.data_ptr();
   // The work is a list of (block of kBlockTiles micro-tiles' rows, panel) units, a block's panels in a row: the
   // threads take the next unit as they finish one, so a slower core gets less of it. A block's activations stay
   // in the L2 of each thread that works on it; a panel is reused by every tile of the block.
@@ -242,7 +267,7 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     for (int64_t u = next++; u < units; u = next++) {
       const int64_t block = u / panels, p = u % panels;
       for (int64_t t = block * kBlockTiles; t < std::min(tiles, (block + 1) * kBlockTiles); ++t)
-        tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, op);
+        tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, dst);
     }
   });
   return out;

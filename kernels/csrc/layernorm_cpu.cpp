@@ -1,5 +1,6 @@
 // Integer-only LayerNorm for x86 CPUs with AVX-512, one row at a time: exactly
 // kernels.layernorm.layernorm_reference, in int64 lanes (products wrap as torch's do).
+#include "checks.h"
 #include "ops.h"
 #include "simd.h"
 
@@ -18,6 +19,8 @@ constexpr int kVarBits = 15;   // VAR_BITS
 constexpr int kMinShift = kNormBits - 30;
 constexpr int kNewtonSteps = 6;
 
+IBERT_SIMD_BEGIN
+
 inline int bit_length(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 
 // floor(sqrt(n)) for 1 <= n < 2**62, Newton's method from a power of two above the root (isqrt_reference).
@@ -29,14 +32,22 @@ inline int64_t isqrt(int64_t n) {
 
 inline __mmask8 lanes(int64_t left) { return left >= 8 ? 0xff : left <= 0 ? 0 : (__mmask8)((1u << left) - 1); }
 
-// One row, eight int64 lanes at a time. y: scratch [N + 16] int64.
+// One row, eight int64 lanes at a time; an error if |x| reaches `bound`. y: scratch [N + 16] int64.
 template <bool kInt8Out>
-void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const int64_t* __restrict m,
+void normalize_row(const int32_t* __restrict x, int64_t N, int64_t bound, int64_t eps, const int64_t* __restrict m,
                    const int64_t* __restrict e, const int64_t* __restrict beta_half, int64_t qmax, int64_t* __restrict y,
                    void* __restrict out) {
   __m512i acc = _mm512_setzero_si512();
-  for (int64_t j = 0; j < N; j += 8)
-    acc = _mm512_add_epi64(acc, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes(N - j), x + j)));
+  __m256i amax_x = _mm256_setzero_si256();
+  for (int64_t j = 0; j < N; j += 8) {
+    const __m256i v = _mm256_maskz_loadu_epi32(lanes(N - j), x + j);
+    acc = _mm512_add_epi64(acc, _mm512_cvtepi32_epi64(v));
+    amax_x = _mm256_max_epu32(amax_x, _mm256_abs_epi32(v));  // |INT32_MIN| is 2**31 as unsigned
+  }
+  alignas(32) uint32_t top[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(top), amax_x);
+  TORCH_CHECK_VALUE(*std::max_element(top, top + 8) < uint64_t(bound), "layernorm: |x| must be below ", bound,
+                    " for rows of ", N, " (exact in int64), got ", *std::max_element(top, top + 8));
   const __m512i sum = _mm512_set1_epi64(_mm512_reduce_add_epi64(acc)), n = _mm512_set1_epi64(N);
   __m512i amax = _mm512_setzero_si512();
   for (int64_t j = 0; j < N; j += 8) {  // y = N x - sum (0 past the row's end)
@@ -76,15 +87,28 @@ void normalize_row(const int32_t* __restrict x, int64_t N, int64_t eps, const in
   }
 }
 
+IBERT_SIMD_END
+
 }  // namespace
 
 // x: [R, N] int32; eps: [1] int64; m, e: [N] int32; beta: [N] int64 (layernorm_params). Returns [R, N] on out_bits
 // bits (int8 for <= 8, else int32).
 torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t, torch::Tensor e_t,
                         torch::Tensor beta_t, int64_t out_bits) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "layernorm: x must be a contiguous [R, N]");
-  const int64_t R = x.size(0), N = x.size(1), eps = eps_t.data_ptr<int64_t>()[0];
-  const int64_t qmax = (int64_t(1) << (out_bits - 1)) - 1;
+  constexpr const char* op = "layernorm";
+  ibert::check_tensor(op, "x", x, torch::kInt32, 2);
+  const int64_t R = x.size(0), N = x.size(1);
+  ibert::check_range(op, "the row length", N, 1, 65535);
+  ibert::check_shape(op, "eps", eps_t, torch::kInt64, {1});
+  const int64_t eps = eps_t.data_ptr<int64_t>()[0];
+  ibert::check_range(op, "eps", eps, 0, INT64_MAX);
+  ibert::check_multiplier(op, "(m, e)", m_t, e_t, N);
+  TORCH_CHECK_VALUE(m_t.numel() == N, "layernorm: m and e must have one element per channel (", N, "), got ",
+                    m_t.numel());
+  ibert::check_shape(op, "beta", beta_t, torch::kInt64, {N});
+  ibert::check_range(op, "out_bits", out_bits, 2, 32);
+  ibert::require_simd(op);
+  const int64_t qmax = ibert::qmax_of(out_bits), bound = ibert::layernorm_max_input(N);
   auto out = torch::empty({R, N}, x.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
   std::vector<int64_t> m(N + 16), e(N + 16), beta_half(N + 16);
   for (int64_t j = 0; j < N; ++j) {
@@ -99,10 +123,10 @@ torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t,
     std::vector<int64_t> y(N + 16);
     for (int64_t r = begin; r < end; ++r) {
       if (int8_out) {
-        normalize_row<true>(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
+        normalize_row<true>(src + r * N, N, bound, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
                             static_cast<int8_t*>(dst) + r * N);
       } else {
-        normalize_row<false>(src + r * N, N, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
+        normalize_row<false>(src + r * N, N, bound, eps, m.data(), e.data(), beta_half.data(), qmax, y.data(),
                              static_cast<int32_t*>(dst) + r * N);
       }
     }

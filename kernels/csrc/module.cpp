@@ -1,9 +1,15 @@
 #include "ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("attention", &attention, "fused integer attention", py::call_guard<py::gil_scoped_release>());
-  mod.def("pack_weight", &pack_weight, "int8 weights [N, K] packed for linear");
-  mod.def("linear", &linear, "int8 linear layer with a fused requantizing epilogue",
-          py::call_guard<py::gil_scoped_release>());
-  mod.def("layernorm", &layernorm, "integer-only LayerNorm", py::call_guard<py::gil_scoped_release>());
+  using py::arg;
+  mod.def("attention", &attention, "fused integer attention", arg("qkv"), arg("mask"), arg("params"), arg("m_t"),
+          arg("e_t"), arg("head_mask"), arg("batch"), arg("heads"), arg("softmax_bits"), arg("qmax"),
+          arg("want_probs"), py::call_guard<py::gil_scoped_release>());
+  mod.def("pack_weight", &pack_weight, "int8 weights [N, K] packed for linear", arg("w"));
+  mod.def("linear", &linear, "int8 linear layer with a fused requantizing epilogue", arg("a"), arg("packed"),
+          arg("N"), arg("bias"), arg("m"), arg("e"), arg("qmax"), arg("residual"), arg("m_res"), arg("e_res"),
+          arg("gelu"), arg("m2"), arg("e2"), arg("out_bits"), py::call_guard<py::gil_scoped_release>());
+  mod.def("layernorm", &layernorm, "integer-only LayerNorm", arg("x"), arg("eps_t"), arg("m_t"), arg("e_t"),
+          arg("beta_t"), arg("out_bits"), py::call_guard<py::gil_scoped_release>());
+  mod.def("layer_buffer_names", &layer_buffer_names, "the names of ibert::encoder_layer_cpp's buffers, in order");
 }

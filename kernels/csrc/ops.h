@@ -1,7 +1,9 @@
-// The CPU kernels (x86, AVX-512 VNNI) that kernels._cpu builds into one extension module.
+// The CPU kernels (x86, AVX-512 VNNI) that kernels._cpu builds into one extension module. Each checks its
+// arguments (checks.h) before it runs.
 #pragma once
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 // attention_cpu.cpp
@@ -19,3 +21,5 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
 torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t, torch::Tensor e_t,
                         torch::Tensor beta_t, int64_t out_bits);
 
+// layer_cpu.cpp (the op itself is registered as ibert::encoder_layer_cpp)
+std::vector<std::string> layer_buffer_names();

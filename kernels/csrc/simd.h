@@ -1,8 +1,20 @@
 // Helpers shared by the C++ kernels (x86, AVX-512 VNNI).
+//
+// The module is built on every x86-64 host, for the baseline ISA: only the code between IBERT_SIMD_BEGIN and
+// IBERT_SIMD_END is compiled for AVX-512 VNNI, and it is reached only after an op has checked its arguments and the
+// CPU (checks.h). So a CPU without those features gets an error that says so, never an illegal instruction.
 #pragma once
 #include <immintrin.h>
 
 #include <cstdint>
+
+#define IBERT_SIMD_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vnni\")")
+#define IBERT_SIMD_END _Pragma("GCC pop_options")
+
+inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
+
+IBERT_SIMD_BEGIN
 
 // acc += u8 x s8 dot products of 4, in place. GCC's _mm512_dpbusd_epi32 copies (and spills) a tile of
 // accumulators on every step; the tiles therefore also live in named variables, not arrays.
@@ -37,4 +49,5 @@ inline __m512i join_clamp(__m512i even, __m512i odd, int64_t qmax) {
   return _mm512_mask_mov_epi32(even, 0xaaaa, _mm512_slli_epi64(odd, 32));
 }
 
-inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
+
+IBERT_SIMD_END

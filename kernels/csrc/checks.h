@@ -1,0 +1,41 @@
+// Argument checks of the C++ ops. The ops are public (this module's functions and torch.ops.ibert.*), so every
+// shape, dtype, device and value domain is checked before a kernel runs, each error naming the op and the
+// argument; then the CPU. Dtype errors raise TypeError, shape and value errors ValueError, a missing CPU feature
+// RuntimeError.
+#pragma once
+#include <torch/extension.h>
+
+#include <cstdint>
+
+namespace ibert {
+
+int64_t qmax_of(int64_t bits);
+
+// The bound on |x| within which i-LayerNorm of rows of n is exact: kernels.layernorm.max_input.
+int64_t layernorm_max_input(int64_t n);
+
+// t: a contiguous CPU tensor of `dtype` with `dim` dimensions.
+void check_tensor(const char* op, const char* name, const torch::Tensor& t, c10::ScalarType dtype, int64_t dim);
+
+// t: as check_tensor, of the given sizes.
+void check_shape(const char* op, const char* name, const torch::Tensor& t, c10::ScalarType dtype,
+                 c10::IntArrayRef sizes);
+
+// A dyadic multiplier m * 2**-e: int32 [1] or [n] each (n = 1: [1] only), every shift in [0, 62].
+void check_multiplier(const char* op, const char* name, const torch::Tensor& m, const torch::Tensor& e, int64_t n);
+
+void check_range(const char* op, const char* name, int64_t value, int64_t lo, int64_t hi);
+
+// pack_weight's layout of an [N, K] int8 weight.
+void check_packed(const char* op, const char* name, const torch::Tensor& packed, int64_t N, int64_t K);
+
+// int64 [5] in the domain of softmax_params' constants (x0 < 0 divides; every shift below 32).
+void check_softmax_params(const char* op, const char* name, const torch::Tensor& params);
+
+// int64 [5] i-GELU constants (gelu_params) that fit int32, with shifts below 32.
+void check_gelu_params(const char* op, const char* name, const torch::Tensor& params);
+
+// An error unless this CPU has what the kernels are compiled for (simd.h): AVX-512 F, BW, VL, DQ and VNNI.
+void require_simd(const char* op);
+
+}  // namespace ibert
