@@ -67,6 +67,14 @@ class _IntLinear(nn.Module):
         self.register_buffer("weight", torch.zeros(n, k, dtype=torch.int8))
         self.register_buffer("bias", torch.zeros(n, dtype=torch.int32))
         self.out = _Requant(n)
+        self._packed: kernels.PackedWeight | None = None
+
+    def packed(self) -> kernels.PackedWeight:
+        """The weight in the layout this host's kernel reads (`kernels.pack_weight`): made on first use, and
+        again after the weight is replaced (conversion, loading, a move to another device) or changed in place."""
+        if self._packed is None or not self._packed.is_current(self.weight):
+            self._packed = kernels.pack_weight(self.weight)
+        return self._packed
 
     def set(self, linear: QuantLinear, s_x: torch.Tensor, act: QuantAct) -> torch.Tensor:
         """Fill from a fake-quant linear fed at scale s_x and requantized by `act`; return act's scale."""
@@ -175,25 +183,25 @@ class IntegerLayer(nn.Module):
         """x: [B, S, H] int8; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
         Returns [B, S, H] int8 and, with keep_probs, the attention probabilities [B, heads, S, S] uint8."""
         if resolve_cpu_backend(backend, x) == "cpp":
-            weights = [self.qkv.weight, self.attn_dense.weight, self.ffn_in.weight, self.ffn_out.weight]
+            weights = [self.qkv.packed(), self.attn_dense.packed(), self.ffn_in.packed(), self.ffn_out.packed()]
             return encoder_layer_cpp(x, mask, head_mask, weights, self.cpp_buffers(), self.heads, self.bits,
                                      self.ln_bits, self.gelu_input_bits, self.softmax_bits, keep_probs)
         B, S, H = x.shape
         x2 = x.reshape(B * S, H)
-        qkv = kernels.int8_matmul(x2, self.qkv.weight, self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,
+        qkv = kernels.int8_matmul(x2, self.qkv.packed(), self.qkv.bias, self.qkv.out.m, self.qkv.out.e, self.bits,
                                   backend=backend)
         ctx, probs = kernels.attention(qkv.view(B, S, 3 * H), self.heads, self.softmax_params, self.ctx_out.m,
                                        self.ctx_out.e, mask, head_mask, self.softmax_bits, self.bits,
                                        return_probs=keep_probs, backend=backend)
         ctx = ctx.reshape(B * S, H)
-        y = kernels.int8_matmul(ctx, self.attn_dense.weight, self.attn_dense.bias, self.attn_dense.out.m,
+        y = kernels.int8_matmul(ctx, self.attn_dense.packed(), self.attn_dense.bias, self.attn_dense.out.m,
                                 self.attn_dense.out.e, self.ln_bits, x2, self.attn_residual.m, self.attn_residual.e,
                                 backend=backend)
         a = self.attn_ln(y, self.bits, backend)
-        g = kernels.int8_matmul_gelu(a, self.ffn_in.weight, self.ffn_in.bias, self.ffn_in.out.m, self.ffn_in.out.e,
+        g = kernels.int8_matmul_gelu(a, self.ffn_in.packed(), self.ffn_in.bias, self.ffn_in.out.m, self.ffn_in.out.e,
                                      self.gelu_params, self.gelu_out.m, self.gelu_out.e, self.gelu_input_bits,
                                      self.bits, backend=backend)
-        y = kernels.int8_matmul(g, self.ffn_out.weight, self.ffn_out.bias, self.ffn_out.out.m, self.ffn_out.out.e,
+        y = kernels.int8_matmul(g, self.ffn_out.packed(), self.ffn_out.bias, self.ffn_out.out.m, self.ffn_out.out.e,
                                 self.ln_bits, a, self.ffn_residual.m, self.ffn_residual.e, backend=backend)
         return self.ffn_ln(y, self.bits, backend).view(B, S, H), probs
 
@@ -220,6 +228,14 @@ class IntegerIBertModel(nn.Module):
         self.pooler = modeling.IBertPooler(config) if add_pooling_layer else None
 
     @torch.no_grad()
+    def pack(self) -> "IntegerIBertModel":
+        """Every linear weight in the layout of this host's kernel, now (conversion and loading call it; after a
+        move to another device each packs again on first use)."""
+        for layer in self.layers:
+            for linear in (layer.qkv, layer.attn_dense, layer.ffn_in, layer.ffn_out):
+                linear.packed()
+        return self
+
     def set(self, model: modeling.IBertModel) -> "IntegerIBertModel":
         emb = model.embeddings
         scales = {}
@@ -316,7 +332,7 @@ def convert_to_integer(model: modeling.IBertPreTrainedModel) -> modeling.IBertPr
     _check_convertible(model)
     engine = copy.deepcopy(model).eval()
     base = engine.ibert if hasattr(engine, "ibert") else engine
-    integer = IntegerIBertModel(engine.config, base.pooler is not None).to(_device(model)).set(base)
+    integer = IntegerIBertModel(engine.config, base.pooler is not None).to(_device(model)).set(base).pack()
     if base is engine:
         return integer
     engine.ibert = integer
@@ -400,7 +416,9 @@ def load_integer(directory: str | os.PathLike, device: str | torch.device = "cpu
             raise ValueError(f"integer engine checkpoint {weights_path}: {k} is {tuple(tensors[k].shape)} "
                              f"{tensors[k].dtype}, expected {tuple(v.shape)} {v.dtype}")
     engine.load_state_dict(tensors, strict=True)
-    return engine.to(device).eval()
+    engine = engine.to(device).eval()
+    _integer_part(engine).pack()
+    return engine
 
 
 def _integer_part(engine: nn.Module) -> IntegerIBertModel:

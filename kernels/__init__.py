@@ -12,12 +12,12 @@ from kernels._cpu import cpu_isa
 from kernels._utils import set_compile
 from kernels.attention import attention
 from kernels.gelu import gelu, gelu_params
-from kernels.gemm import int8_bmm, int8_matmul, int8_matmul_gelu
+from kernels.gemm import PackedWeight, int8_bmm, int8_matmul, int8_matmul_gelu, pack_weight
 from kernels.layernorm import layernorm, layernorm_params
 from kernels.requant import dyadic, requantize
 from kernels.softmax import softmax, softmax_params
 
 __all__ = [
-    "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "attention", "gelu", "gelu_params",
+    "dyadic", "requantize", "int8_matmul", "int8_matmul_gelu", "int8_bmm", "pack_weight", "PackedWeight", "attention", "gelu", "gelu_params",
     "softmax", "softmax_params", "layernorm", "layernorm_params", "set_compile", "cpu_isa", "BACKENDS",
 ]

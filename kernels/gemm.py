@@ -4,15 +4,17 @@
 (`Q K^T`, and `P V` with the 0..255 softmax output `P` as uint8, computed as `(P - 128) V + 128 colsum(V)`).
 The linear layers' requantizing products also run as C++ kernels on x86 CPUs with AVX-512 VNNI (backend "cpp",
 what "auto" picks there): the epilogue works on the accumulators in registers, as the Triton kernel's does.
+A weight's owner packs it once (`pack_weight`) in the layout this CPU's kernel reads and passes the `PackedWeight`
+in its place; a bare weight is packed on every call.
 """
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from kernels._cpu import cpp_ops, cpu_gemm_route, resolve_cpu_backend
+from kernels._cpu import cpp_available, cpp_ops, cpu_gemm_route, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits,
@@ -180,8 +182,11 @@ def _padded_int_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = 
     return c if out is None else out.copy_(c)
 
 
-def _matmul_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact int32 products: a [M, K] int8, b [N, K] int8 -> [M, N]; `_int_mm` wants b as a [K, N] view."""
+def _matmul_reference(a: torch.Tensor, b: torch.Tensor, b_t_fp32: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact int32 products: a [M, K] int8, b [N, K] int8 -> [M, N]; `_int_mm` wants b as a [K, N] view.
+    b_t_fp32: `b.T` as float32 [K, N] (`pack_weight` on the fp32 route), read as it is (exact on any route)."""
+    if b_t_fp32 is not None:
+        return _int_mm_fp32(a, b_t_fp32)
     return _int_mm(a, b.t())
 
 
@@ -232,48 +237,69 @@ def _gelu_epilogue_reference(acc, bias, m, e, mid_bits, params, m_out, e_out, bi
 _gelu_epilogue_torch = maybe_compiled(_gelu_epilogue_reference)
 
 
-_PACKED: dict[int, tuple[int, torch.Tensor]] = {}  # id(weight) -> (weight._version, packed weight)
+@dataclass(frozen=True)
+class PackedWeight:
+    """An int8 weight [N, K] with the layout that this host's kernel for it reads (`pack_weight`)."""
+
+    weight: torch.Tensor  # [N, K] int8
+    packed: torch.Tensor | None  # uint8 panels for the C++ kernel, float32 [K, N] for the fp32 route, or None
+    version: int  # weight._version when packed: a later in-place change shows
+
+    def is_current(self, weight: torch.Tensor) -> bool:
+        """Whether this packs `weight` as it is now."""
+        return self.weight is weight and self.version == weight._version
 
 
-def _packed_weight(b: torch.Tensor) -> torch.Tensor:
-    """`b` [N, K] int8 in the C++ kernel's layout (panels of 64 channels, `b + 128` as uint8), made on a weight's
-    first use and kept while it lives; made again if it is modified in place (writes through `.data` bump no
-    version counter and are not seen: assign a new tensor instead)."""
-    hit = _PACKED.get(id(b))
-    if hit is not None and hit[0] == b._version:
-        return hit[1]
-    if hit is None:
-        weakref.finalize(b, _PACKED.pop, id(b), None)
-    packed = cpp_ops().pack_weight(b.contiguous())
-    _PACKED[id(b)] = (b._version, packed)
-    return packed
+def pack_weight(b: torch.Tensor) -> PackedWeight:
+    """b: [N, K] int8 -> the layout its linear kernel reads here, made once by the weight's owner: the C++
+    kernel's panels (`b + 128` as uint8 [ceil(N / 64), ceil(K / 4), 64, 4]) on CPUs where it runs, `b.T` as
+    float32 [K, N] on the torch path's fp32 route (`cpu_gemm_route`), else none (CUDA and `torch._int_mm` read b)."""
+    check_tensor("b", b, (torch.int8,), 2)
+    packed = None
+    if not b.is_cuda and cpp_available():
+        packed = _pack_cpp(b.contiguous())
+    elif not b.is_cuda and cpu_gemm_route() == "fp32":
+        packed = b.t().float().contiguous()
+    return PackedWeight(b, packed, b._version)
+
+
+@torch.library.custom_op("ibert::pack_weight_cpp", mutates_args=())
+def _pack_cpp(b: torch.Tensor) -> torch.Tensor:
+    """b [N, K] int8 contiguous -> the C++ kernel's panels (as a registered op: traceable)."""
+    return cpp_ops().pack_weight(b)
+
+
+@_pack_cpp.register_fake
+def _(b):
+    N, K = b.shape
+    return b.new_empty((-(-N // 64), -(-K // 4), 64, 4), dtype=torch.uint8)
 
 
 @torch.library.custom_op("ibert::linear_cpp", mutates_args=())
-def _linear_cpp_op(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
-                   qmax_: int, residual: torch.Tensor, m_res: torch.Tensor, e_res: torch.Tensor, gelu: torch.Tensor,
-                   m2: torch.Tensor, e2: torch.Tensor, bits: int) -> torch.Tensor:
+def _linear_cpp_op(a: torch.Tensor, packed: torch.Tensor, N: int, bias: torch.Tensor, m: torch.Tensor,
+                   e: torch.Tensor, qmax_: int, residual: torch.Tensor, m_res: torch.Tensor, e_res: torch.Tensor,
+                   gelu: torch.Tensor, m2: torch.Tensor, e2: torch.Tensor, bits: int) -> torch.Tensor:
     """The C++ kernel as a registered op (traceable, seen by dispatch modes). a: [M, K] int8 with K a multiple of
-    4; b: [N, K'] int8, K' <= K (the rest counts as zero); empty bias / residual / gelu mean none.
-    Returns [M, N], `bits`-bit."""
-    return cpp_ops().linear(a, _packed_weight(b), b.shape[0], bias, m, e, qmax_, residual, m_res, e_res, gelu,
-                                  m2, e2, bits)
+    4; packed: the panels of a weight [N, K'], K' <= K (the rest counts as zero); empty bias / residual / gelu mean
+    none. Returns [M, N], `bits`-bit."""
+    return cpp_ops().linear(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits)
 
 
 @_linear_cpp_op.register_fake
-def _(a, b, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits):
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype(bits))
+def _(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits):
+    return a.new_empty((a.shape[0], N), dtype=out_dtype(bits))
 
 
-def _linear_cpp(a, b, bias, m, e, bits, residual=None, m_res=None, e_res=None, gelu=None):
-    """a [M, K] int8, b [N, K] int8 -> requantized [M, N]. gelu: (params, m2, e2, bits2): m, e then take the
-    accumulator to `bits` (the i-GELU input) and (m2, e2) the i-GELU output to bits2."""
+def _linear_cpp(a, b, packed, bias, m, e, bits, residual=None, m_res=None, e_res=None, gelu=None):
+    """a [M, K] int8, b [N, K] int8 (packed: its panels, or None) -> requantized [M, N]. gelu: (params, m2, e2,
+    bits2): m, e then take the accumulator to `bits` (the i-GELU input) and (m2, e2) the i-GELU output to bits2."""
     if a.shape[1] % 4:  # the kernel reads activations four at a time; the packed weight is zero there
         a = F.pad(a, (0, 4 - a.shape[1] % 4))
     none32 = a.new_empty(0, dtype=torch.int32)
     g, m2, e2, out_bits = gelu if gelu is not None else (a.new_empty(0, dtype=torch.int64), none32, none32, bits)
     return _linear_cpp_op(
-        a.contiguous(), b, none32 if bias is None else bias, m.reshape(-1), e.reshape(-1), qmax(bits),
+        a.contiguous(), _pack_cpp(b.contiguous()) if packed is None else packed, b.shape[0],
+        none32 if bias is None else bias, m.reshape(-1), e.reshape(-1), qmax(bits),
         none32 if residual is None else residual.contiguous(), none32 if residual is None else m_res.reshape(-1),
         none32 if residual is None else e_res.reshape(-1), g.reshape(-1).contiguous(), m2.reshape(-1),
         e2.reshape(-1), out_bits)
@@ -300,16 +326,31 @@ def _check_epilogue(n, bias, m, e, bits, residual, m_res, e_res, out_shape):
         check_multiplier(m_res, e_res, 1)
 
 
+def _linear_weight(a: torch.Tensor, b: torch.Tensor | PackedWeight):
+    """The linear ops' weight checked against `a`: (int8 [N, K], the C++ panels or None, float32 b.T or None)."""
+    packed = None
+    if isinstance(b, PackedWeight):
+        if not b.is_current(b.weight):
+            raise ValueError("the PackedWeight's weight changed in place after packing: pack it again")
+        b, packed = b.weight, b.packed
+    check_tensor("b", b, (torch.int8,), 2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} (b is [N, K])")
+    layout = lambda dtype: packed if packed is not None and packed.dtype == dtype else None
+    return b, layout(torch.uint8), layout(torch.float32)
+
+
 def int8_matmul(
-    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+    a: torch.Tensor, b: torch.Tensor | PackedWeight, bias: torch.Tensor | None = None,
     m: torch.Tensor | None = None, e: torch.Tensor | None = None, bits: int = 8,
     residual: torch.Tensor | None = None, m_res: torch.Tensor | None = None, e_res: torch.Tensor | None = None,
     backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """`a @ b.T (+ bias)` in exact integers, optionally requantized in the same kernel.
 
-    a: [M, K] int8 activations; b: [N, K] int8 weights (a linear layer's layout); bias: [N] int32.
-    m, e: dyadic multiplier (int32, [1] or [N]); given, the output is
+    a: [M, K] int8 activations; b: [N, K] int8 weights (a linear layer's layout), or their `pack_weight(b)`
+    (packed once by their owner; a bare weight is packed on every call where the kernel reads another layout);
+    bias: [N] int32. m, e: dyadic multiplier (int32, [1] or [N]); given, the output is
         clamp(round((a @ b.T + bias) * m / 2**e) [+ round(residual * m_res / 2**e_res)]) on `bits` bits,
     int8 for bits <= 8 else int32; without them the output is the int32 accumulator (+ bias).
     residual: [M, N] int8/int32, added with its own per-tensor multiplier (m_res, e_res).
@@ -317,17 +358,15 @@ def int8_matmul(
     config: Triton tile configuration (BLOCK_M/N/K, GROUP_M, num_warps, num_stages); default from `tuning`.
     """
     check_tensor("a", a, (torch.int8,), 2)
-    check_tensor("b", b, (torch.int8,), 2)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} (b is [N, K])")
+    b, panels, b_t_fp32 = _linear_weight(a, b)
     M, N = a.shape[0], b.shape[0]
     _check_epilogue(N, bias, m, e, bits, residual, m_res, e_res, (M, N))
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
     backend = resolve_cpu_backend(backend, a)
     if backend == "cpp" and m is not None and a.numel() and b.numel():
-        return _linear_cpp(a, b, bias, m, e, bits, residual, m_res, e_res)
+        return _linear_cpp(a, b, panels, bias, m, e, bits, residual, m_res, e_res)
     if backend != "triton":
-        return _epilogue_torch(_matmul_reference(a, b), bias, m, e, bits, residual, m_res, e_res)
+        return _epilogue_torch(_matmul_reference(a, b, b_t_fp32), bias, m, e, bits, residual, m_res, e_res)
     if residual is not None and not residual.is_contiguous():
         raise ValueError("the Triton epilogue needs a contiguous residual")
     return _gemm_triton(a[None], b[None], bias, m, e, bits, residual, m_res, e_res, config)[0]
@@ -355,21 +394,19 @@ def int8_bmm(
 
 
 def int8_matmul_gelu(
-    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, m: torch.Tensor, e: torch.Tensor,
+    a: torch.Tensor, b: torch.Tensor | PackedWeight, bias: torch.Tensor | None, m: torch.Tensor, e: torch.Tensor,
     gelu_params: torch.Tensor, m_out: torch.Tensor, e_out: torch.Tensor, mid_bits: int = 16, bits: int = 8,
     backend: str = "auto", config: dict | None = None,
 ) -> torch.Tensor:
     """The FFN's first half in one kernel: `gelu(requant(a @ b.T + bias))`, requantized again.
 
-    a: [M, K] int8; b: [N, K] int8; bias: [N] int32; m, e: [1] or [N] int32 to `mid_bits` (<= 16) bits;
+    a: [M, K] int8; b: [N, K] int8 or its `pack_weight(b)`; bias: [N] int32; m, e: [1] or [N] int32 to `mid_bits` (<= 16) bits;
     gelu_params: int64 [5, 1] from `gelu_params(mid scale)` (per tensor); m_out, e_out: [1] int32 taking
     the i-GELU output (scale from `gelu_params`) to `bits` bits. Returns [M, N], int8 for bits <= 8.
     Equals `gelu(int8_matmul(a, b, bias, m, e, mid_bits), gelu_params, m_out, e_out, bits)`.
     """
     check_tensor("a", a, (torch.int8,), 2)
-    check_tensor("b", b, (torch.int8,), 2)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)} (b is [N, K])")
+    b, panels, b_t_fp32 = _linear_weight(a, b)
     M, N = a.shape[0], b.shape[0]
     check_bits(mid_bits, 2, 16)
     _check_epilogue(N, bias, m, e, mid_bits, None, None, None, (M, N))
@@ -381,8 +418,8 @@ def int8_matmul_gelu(
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, gelu_params=gelu_params, m_out=m_out, e_out=e_out)
     backend = resolve_cpu_backend(backend, a)
     if backend == "cpp" and a.numel() and b.numel():
-        return _linear_cpp(a, b, bias, m, e, mid_bits, gelu=(gelu_params, m_out, e_out, bits))
+        return _linear_cpp(a, b, panels, bias, m, e, mid_bits, gelu=(gelu_params, m_out, e_out, bits))
     if backend != "triton":
-        return _gelu_epilogue_torch(_matmul_reference(a, b), bias, m, e, mid_bits, gelu_params, m_out, e_out, bits)
+        return _gelu_epilogue_torch(_matmul_reference(a, b, b_t_fp32), bias, m, e, mid_bits, gelu_params, m_out, e_out, bits)
     gelu = (gelu_params.contiguous(), m_out, e_out, bits)
     return _gemm_triton(a[None], b[None], bias, m, e, mid_bits, None, None, None, config, gelu)[0]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from kernels._cpu import cpp_ops
-from kernels.gemm import _packed_weight
+from kernels.gemm import PackedWeight
 
 
 # The schema is defined here; the CPU kernel (layer_cpu.cpp) registers itself when the extension loads, and is
@@ -32,22 +32,25 @@ def _(x, mask, head_mask, packed, buffers, heads, bits, ln_bits, gelu_input_bits
 
 
 def encoder_layer_cpp(
-    x: torch.Tensor, mask: torch.Tensor, head_mask: torch.Tensor | None, weights: list[torch.Tensor],
+    x: torch.Tensor, mask: torch.Tensor, head_mask: torch.Tensor | None, weights: list[PackedWeight],
     buffers: Mapping[str, torch.Tensor], heads: int, bits: int, ln_bits: int, gelu_input_bits: int,
     softmax_bits: int, return_probs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x: [B, S, H] int8 CPU; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
-    weights: the int8 weights [N, K] of the QKV, attention output, FFN in and FFN out layers (packed on first use);
+    weights: `pack_weight` of the int8 weights [N, K] of the QKV, attention output, FFN in and FFN out layers;
     buffers: the layer's other integer buffers by name (`buffer_names()`; `ibert.engine.IntegerLayer.cpp_buffers`).
     Returns [B, S, H] int8 and, with return_probs, the probabilities [B, heads, S, S] uint8 (else None)."""
     names = buffer_names()  # loading the module also registers the kernel
     if buffers.keys() != set(names):
         raise ValueError(f"encoder_layer_cpp: buffers missing {sorted(set(names) - buffers.keys())}, unknown "
                          f"{sorted(buffers.keys() - set(names))}")
+    if not all(w.packed is not None and w.packed.dtype == torch.uint8 and w.is_current(w.weight) for w in weights):
+        raise ValueError("encoder_layer_cpp: every weight must be packed for the C++ kernel (pack_weight where it "
+                         "runs), after its last change")
     no_head_mask = x.new_empty(0, dtype=torch.uint8)
     y, probs = torch.ops.ibert.encoder_layer_cpp(
         x.contiguous(), mask.contiguous(), no_head_mask if head_mask is None else head_mask.contiguous(),
-        [_packed_weight(w) for w in weights], [buffers[n] for n in names], heads, bits, ln_bits, gelu_input_bits,
+        [w.packed for w in weights], [buffers[n] for n in names], heads, bits, ln_bits, gelu_input_bits,
         softmax_bits, return_probs)
     return y, probs if return_probs else None
 

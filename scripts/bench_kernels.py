@@ -38,7 +38,8 @@ def bench_gemm(device: str, ms: list[int]) -> list[dict]:
                 xh, wh = x.half(), w.half()
                 ops["fp16"] = lambda: xh @ wh.T
             ops["_int_mm"] = lambda: torch._int_mm(a, b.T)
-            ops["int8+requant"] = lambda: kernels.int8_matmul(a, b, bias, m, e, 8)
+            packed = kernels.pack_weight(b)  # once, as the engine does
+            ops["int8+requant"] = lambda: kernels.int8_matmul(a, packed, bias, m, e, 8)
             t = {k: measure(f, device) for k, f in ops.items()}
             flops = 2 * M * N * K
             case = f"M={M} K={K} N={N}"

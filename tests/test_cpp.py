@@ -12,7 +12,6 @@ import kernels
 from kernels import dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, layernorm_params
 from kernels.layernorm import max_input
 from kernels._cpu import SOURCES
-from kernels.gemm import _PACKED
 
 
 # Tails of every loop: rows (micro-tiles of 6, blocks of up to 96), channels (vectors of 16, panels of 64) and
@@ -131,21 +130,15 @@ def test_layernorm_exact(shape, bits):
 
 
 @pytest.mark.cpp
-def test_packed_weight_follows_the_weight():
-    """The packed layout is made once per weight tensor, again after an in-place change, and dropped with it."""
-    a = randint(-128, 127, (9, 40), torch.int8)
-    w = randint(-127, 127, (20, 40), torch.int8, seed=1)
-    m, e = dyadic(torch.tensor([1e-3]))
-    first = int8_matmul(a, w, None, m, e, backend="cpp")
-    packed = _PACKED[id(w)][1]
-    int8_matmul(a, w, None, m, e, backend="cpp")
-    assert _PACKED[id(w)][1] is packed
-    w[3] = -w[3]
-    second = int8_matmul(a, w, None, m, e, backend="cpp")
-    assert torch.equal(second, int8_matmul(a, w, None, m, e, backend="torch")) and not torch.equal(first, second)
-    key = id(w)
-    del w
-    assert key not in _PACKED
+def test_packed_weights_equal_bare_ones_in_the_cpp_kernel():
+    a = randint(-128, 127, (9, 37), torch.int8)
+    w = randint(-127, 127, (20, 37), torch.int8, seed=1)
+    m, e = dyadic(torch.rand(20, dtype=torch.float64) * 1e-2)
+    packed = kernels.pack_weight(w)
+    assert packed.packed.dtype == torch.uint8 and packed.packed.shape == (1, 10, 64, 4)
+    x = int8_matmul(a, packed, None, m, e, backend="cpp")
+    assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="cpp"))
+    assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
 
 
 @pytest.mark.cpp

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import attention, dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, softmax_params
+from kernels import PackedWeight, attention, dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, softmax_params
 from kernels._cpu import cpp_available, cpp_build
 from kernels.layer import buffer_names, encoder_layer_cpp
 from kernels.layernorm import max_input
@@ -78,7 +78,8 @@ def engine_layer():
 def layer_args(layer, B=2, S=5):
     x = randint(-127, 127, (B, S, 32), torch.int8)
     mask = torch.zeros(B, S, dtype=torch.int32)
-    weights = [layer.qkv.weight, layer.attn_dense.weight, layer.ffn_in.weight, layer.ffn_out.weight]
+    weights = [PackedWeight(w, ops().pack_weight(w), w._version)  # the C++ panels, even where the kernels can't run
+               for w in (layer.qkv.weight, layer.attn_dense.weight, layer.ffn_in.weight, layer.ffn_out.weight)]
     return dict(x=x, mask=mask, head_mask=None, weights=weights, buffers=layer.cpp_buffers(), heads=layer.heads,
                 bits=layer.bits, ln_bits=layer.ln_bits, gelu_input_bits=layer.gelu_input_bits,
                 softmax_bits=layer.softmax_bits)
@@ -284,7 +285,7 @@ def test_the_fused_layer_checks_its_own_arguments():
     layer = engine_layer()
     args = layer_args(layer)
     raw = dict(x=args["x"], mask=args["mask"], head_mask=torch.empty(0, dtype=torch.uint8),
-               packed=[ops().pack_weight(w) for w in args["weights"]],
+               packed=[w.packed for w in args["weights"]],
                w=[args["buffers"][n] for n in buffer_names()], heads=4, bits=8, ln_bits=22, gelu_input_bits=16,
                softmax_bits=8, return_probs=False)
     op = torch.ops.ibert.encoder_layer_cpp

@@ -546,6 +546,30 @@ def test_cpu_gemm_routes_give_the_same_integers(route, gemm_route):
     assert torch.equal(int8_bmm(p, v, backend="torch"), (p.long() @ v.long().transpose(1, 2)).int())
 
 
+@pytest.mark.parametrize("route", ["int8", "fp32"])
+def test_packed_weights_give_the_bare_weights_integers(route, gemm_route):
+    """`pack_weight` holds the layout of this host's kernel (float32 b.T on the fp32 route; the C++ panels where
+    they run; none on the int8 route); the linear ops read it and give the same integers. A weight changed in
+    place after packing is refused."""
+    from kernels._cpu import cpp_available
+
+    gemm_route(route)
+    a, b = randint(-128, 127, (33, 1100), torch.int8), randint(-128, 127, (40, 1100), torch.int8, seed=1)
+    packed = kernels.pack_weight(b)
+    layout = torch.uint8 if cpp_available() else torch.float32 if route == "fp32" else None
+    assert (packed.packed.dtype if packed.packed is not None else None) == layout
+    m, e = kernels.dyadic(torch.rand(40, dtype=torch.float64) * 1e-4)
+    for args in ((), (None, m, e, 8)):
+        assert torch.equal(int8_matmul(a, packed, *args), int8_matmul(a, b, *args, backend="torch"))
+    params, out_scale = gelu_params(torch.tensor(3e-3))
+    gelu_args = (None, m, e, params, *kernels.dyadic(out_scale.double() / 0.05))
+    assert torch.equal(kernels.int8_matmul_gelu(a, packed, *gelu_args),
+                       kernels.int8_matmul_gelu(a, b, *gelu_args, backend="torch"))
+    b[0, 0] += 1
+    with pytest.raises(ValueError, match="changed in place after packing"):
+        int8_matmul(a, packed)
+
+
 def test_cpu_gemm_route_rejects_an_unknown_value(gemm_route):
     from kernels._cpu import cpu_gemm_route
 
