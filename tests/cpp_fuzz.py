@@ -15,13 +15,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cpp_checks import attention_args, layernorm_args, linear_args, ops  # noqa: E402
+from test_cpp_checks import (  # noqa: E402
+    attention_args, engine_layer, layer_args, layernorm_args, linear_args, ops,
+)
 
 from kernels._cpu import cpp_available  # noqa: E402
+from kernels.layer import buffer_names  # noqa: E402
 
+LAYER = engine_layer()
+
+
+def encoder_layer_args():
+    """The raw op's arguments for a layer of a small engine, and that layer on the torch backend."""
+    args = layer_args(LAYER)
+    raw = dict(x=args["x"], mask=args["mask"], head_mask=torch.empty(0, dtype=torch.uint8),
+               packed=[w.packed for w in args["weights"]], w=[args["buffers"][n] for n in buffer_names()],
+               heads=LAYER.heads, bits=LAYER.bits, ln_bits=LAYER.ln_bits, gelu_input_bits=LAYER.gelu_input_bits,
+               softmax_bits=LAYER.softmax_bits, return_probs=False)
+    return raw, lambda: LAYER(args["x"], args["mask"], None, backend="torch")
+
+
+OPS = {"linear": lambda: ops().linear, "attention": lambda: ops().attention, "layernorm": lambda: ops().layernorm,
+       "encoder_layer": lambda: lambda **kw: torch.ops.ibert.encoder_layer_cpp(*kw.values())}
 BUILDERS = {"linear": lambda: linear_args(), "linear i-GELU": lambda: linear_args(gelu=True),
             "linear residual": lambda: linear_args(residual=torch.int32), "attention": lambda: attention_args(),
-            "layernorm": lambda: layernorm_args()}
+            "layernorm": lambda: layernorm_args(), "encoder_layer": encoder_layer_args}
 DTYPES = [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32, torch.bool]
 NUMBERS = [-(2**40), -(2**31), -1, 0, 1, 2, 3, 4, 5, 8, 9, 16, 31, 32, 33, 62, 63, 64, 127, 128, 2**15, 2**31 - 1, 2**40]
 STATS = {"cases": 0, "raised": 0, "returned": 0, "compared": 0}
@@ -66,6 +84,9 @@ def case(draw):
         value = args[name]
         if isinstance(value, torch.Tensor):
             args[name] = draw(tensor_like(value))
+        elif isinstance(value, list):  # one of the layer's buffers or packed weights
+            i = draw(st.integers(0, len(value) - 1))
+            args[name] = [*value[:i], draw(tensor_like(value[i])), *value[i + 1:]]
         elif isinstance(value, bool):
             args[name] = not value
         else:
@@ -76,7 +97,7 @@ def case(draw):
 def run(op: str, name: str, args: dict, reference) -> None:
     print(f"case: {op}, {name} = {describe(args.get(name))}", flush=True)
     STATS["cases"] += 1
-    fn = ops().attention if op == "attention" else ops().layernorm if op == "layernorm" else ops().linear
+    fn = OPS[op.split()[0]]()
     try:
         out = fn(**args)
     except (ValueError, TypeError, RuntimeError) as err:
@@ -87,14 +108,17 @@ def run(op: str, name: str, args: dict, reference) -> None:
     assert cpp_available(), "a kernel ran on a CPU without its features"
     if name == "(none)":
         expected = reference()
-        if op == "attention":
-            assert torch.equal(out[0], expected[0].reshape(out[0].shape)) and torch.equal(out[1], expected[1])
+        if op in ("attention", "encoder_layer"):
+            assert torch.equal(out[0], expected[0].reshape(out[0].shape))
+            assert op == "encoder_layer" or torch.equal(out[1], expected[1])
         else:
             assert torch.equal(out, expected)
         STATS["compared"] += 1
 
 
 def describe(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(describe, value)) + "]"
     if isinstance(value, torch.Tensor):
         return f"{value.dtype} {list(value.shape)} strides {list(value.stride())}"
     return repr(value)
