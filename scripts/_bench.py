@@ -69,18 +69,14 @@ def measure(fn: Callable[[], object], device: str, repeats: int = 10, warmup: in
     return statistics.median(times)
 
 
-def paired(base: Callable[[], object], new: Callable[[], object], device: str, pairs: int = 7,
-           warmup: int = 1) -> dict[str, float]:
-    """`base` and `new` run back to back `pairs` times: the median of each one's times (ms), the median, min
-    and max of the per-pair ratios base / new, and the number of pairs. On a machine whose speed drifts (a shared host), a pair sees one
-    set of conditions, where two separately measured medians may not."""
-    timed = _timer(device)
-    for _ in range(warmup):
-        timed(base), timed(new)
-    tb, tn = zip(*((timed(base), timed(new)) for _ in range(pairs)))
-    ratios = [b / n for b, n in zip(tb, tn)]
-    return {"base ms": statistics.median(tb), "new ms": statistics.median(tn), "ratio": statistics.median(ratios),
-            "min": min(ratios), "max": max(ratios), "pairs": pairs}
+def paired(base: Callable[[], object], new: Callable[[], object], device: str, pairs: int = 7) -> dict[str, float]:
+    """`base` and `new` timed in turn `pairs` times (`interleaved`): the median of each one's times (ms), the
+    median, min and max of the per-pair ratios base / new, and the number of pairs. On a machine whose speed drifts
+    (a shared host), a pair sees one set of conditions, where two separately measured medians may not."""
+    times = interleaved({"base": base, "new": new}, device, rounds=pairs)
+    ratios = [b / n for b, n in zip(times["base"], times["new"])]
+    return {"base ms": statistics.median(times["base"]), "new ms": statistics.median(times["new"]),
+            "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "pairs": pairs}
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: str, rounds: int = 7,
