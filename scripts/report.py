@@ -49,7 +49,10 @@ def main_value(r: dict, path: str) -> float | None:
 
 def label(r: dict) -> str:
     c = r["config"]
-    return f"{r['task']} ({c['model']['short']}, {c['path']['name']}, force_dequant={c['force_dequant']})"
+    distill = (c.get("recipe") or {}).get("distill")
+    extra = (", distilled (" + ", ".join(f"{k} {v:g}" for k, v in distill.items() if k in ("logits", "hidden") and v)
+             + ")") if distill else ""
+    return f"{r['task']} ({c['model']['short']}, {c['path']['name']}, force_dequant={c['force_dequant']}{extra})"
 
 
 def experiment(r: dict) -> str:

@@ -47,6 +47,18 @@ def test_runs_from_each_seeds_own_fp32_model_aggregate(tmp_path):
     assert [len(g) for g in report.seed_groups(report.collect([str(tmp_path)]))] == [2]
 
 
+def test_a_distilled_run_is_its_own_group_and_says_so(tmp_path):
+    write_run(tmp_path, "rte", 1, 70.0, 69.0)
+    d = write_run(tmp_path, "rte", 2, 70.0, 69.0)
+    r = json.loads((d / "results.json").read_text())
+    r["config"]["recipe"]["distill"] = {"logits": 0.5, "hidden": 0.0, "temperature": 1.0}
+    (d / "results.json").write_text(json.dumps(r))
+    groups = report.seed_groups(report.collect([str(tmp_path)]))
+    assert sorted(len(g) for g in groups) == [1, 1]
+    assert sorted(report.label(g[0]) for g in groups) == [
+        "rte (minilm, qat, force_dequant=none)", "rte (minilm, qat, force_dequant=none, distilled (logits 0.5))"]
+
+
 def test_charts_are_drawn(tmp_path):
     for seed in (1, 2):
         d = write_run(tmp_path, "mrpc", seed, 80.0 + seed, 80.0)
