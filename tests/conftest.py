@@ -22,13 +22,15 @@ def on_cpu(tree):
 
 
 def pytest_collection_modifyitems(config, items):
-    from kernels._cpu import cpp_available, cpp_build  # after TRITON_INTERPRET is set: kernels read it on import
+    from kernels._cpu import cpp_available, cpp_build, cpp_runs  # after TRITON_INTERPRET is set: kernels read it on import
 
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
-    if any(item.get_closest_marker("cpp") for item in items) and not cpp_available():
+    if any(item.get_closest_marker("cpp") for item in items) and not cpp_runs("encoder_layer"):
         skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX-512 VNNI and g++")
+    if any(item.get_closest_marker("cpp_linear") for item in items) and not cpp_available():
+        skips["cpp_linear"] = pytest.mark.skip(reason="the C++ linear kernel needs x86 AVX2 and g++")
     if any(item.get_closest_marker("cpp_build") for item in items) and cpp_build() is None:
         skips["cpp_build"] = pytest.mark.skip(reason="the C++ module needs x86-64 and g++")
     for item in items:
@@ -40,6 +42,24 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device() -> str:
     return DEVICE
+
+
+def force_isa(monkeypatch, isa: str) -> None:
+    """The C++ kernels on `isa` (IBERT_CPU_ISA) for one test, which is skipped where the CPU lacks it."""
+    from kernels._cpu import _cpu_flags
+
+    needs = {"avx512_vnni": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}, "avx2": {"avx2"}}
+    missing = needs[isa] - _cpu_flags()
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(missing))}")
+    monkeypatch.setenv("IBERT_CPU_ISA", isa)
+
+
+@pytest.fixture(params=["avx512_vnni", "avx2"])
+def linear_isa(request, monkeypatch) -> str:
+    """Each instruction set of the C++ linear kernel in turn (force_isa)."""
+    force_isa(monkeypatch, request.param)
+    return request.param
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels
@@ -14,8 +14,9 @@ from kernels.layernorm import max_input
 from kernels._cpu import SOURCES
 
 
-# Tails of every loop: rows (micro-tiles of 6, blocks of up to 96), channels (vectors of 16, panels of 64) and
-# the inner dimension (groups of 4).
+# Tails of every loop: rows (micro-tiles of 6 or 4, blocks of 16 tiles), channels (vectors of 16 or 8, panels of 64)
+# and the inner dimension (groups of 4). Each linear test runs on every instruction set of this CPU (linear_isa),
+# with activations of all int8 and of +-127 (requantized ones: the AVX2 kernel's fast path).
 SHAPES = [(1, 1, 1), (5, 7, 17), (6, 4, 64), (13, 130, 129), (97, 768, 200), (200, 33, 65)]
 
 
@@ -30,12 +31,13 @@ def cpp_and_torch(fn, *args):
     return x, y
 
 
-@pytest.mark.cpp
+@pytest.mark.cpp_linear
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("bits", [8, 16, 22])
-def test_linear_requant_residual_exact(M, K, N, bits):
-    a = randint(-128, 127, (M, K), torch.int8, seed=1)
-    b = randint(-127, 127, (N, K), torch.int8, seed=2)
+@pytest.mark.parametrize("a_low", [-128, -127])
+def test_linear_requant_residual_exact(M, K, N, bits, a_low, linear_isa):
+    a = randint(a_low, 127, (M, K), torch.int8, seed=1)
+    b = randint(-128, 127, (N, K), torch.int8, seed=2)
     bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=3)
     m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0 ** (bits - 14) / math.sqrt(K))
     res = randint(-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1, (M, N), torch.int8 if bits == 8 else torch.int32)
@@ -47,12 +49,13 @@ def test_linear_requant_residual_exact(M, K, N, bits):
         assert torch.equal(x, y)
 
 
-@pytest.mark.cpp
+@pytest.mark.cpp_linear
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("reach", [2.0**-2, 2.0**3])  # i-GELU inputs below the erf clip; past it and saturating
-def test_linear_gelu_exact(M, K, N, reach):
-    a = randint(-128, 127, (M, K), torch.int8, seed=4)
-    b = randint(-127, 127, (N, K), torch.int8, seed=5)
+@pytest.mark.parametrize("a_low", [-128, -127])
+def test_linear_gelu_exact(M, K, N, reach, a_low, linear_isa):
+    a = randint(a_low, 127, (M, K), torch.int8, seed=4)
+    b = randint(-128, 127, (N, K), torch.int8, seed=5)
     bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=6)
     m, e = dyadic(torch.rand(N, dtype=torch.float64) * reach / math.sqrt(K))
     params, out_scale = gelu_params(torch.tensor(3e-4))
@@ -64,15 +67,18 @@ def test_linear_gelu_exact(M, K, N, reach):
     assert torch.equal(x, y) and y.dtype == torch.int32
 
 
-@pytest.mark.cpp
-def test_linear_extremes_saturate():
-    """Largest accumulators (every product 128 * 127, and -128 activations against +127 weights), outputs on
-    both clamps, the largest shift."""
+@pytest.mark.cpp_linear
+@pytest.mark.parametrize("a_low", [-128, -127])
+def test_linear_extremes_saturate(a_low, linear_isa):
+    """Largest accumulators (every product 128 * 127 or 127 * 128: a_low activations against +-127 weights, +-127
+    ones against -128 weights), outputs on both clamps, the largest shift."""
     K = 1024
-    a = torch.full((7, K), -128, dtype=torch.int8)
+    a = torch.full((7, K), a_low, dtype=torch.int8)
     a[1] = 127
+    a[2] = -127
     b = torch.full((70, K), 127, dtype=torch.int8)
     b[1::2] = -127
+    b[2] = -128
     for ratio in (1e-3, 2.0**-40, 1.0):
         m, e = dyadic(torch.tensor([ratio]))
         for bits in (8, 16, 32):
@@ -80,15 +86,16 @@ def test_linear_extremes_saturate():
             assert torch.equal(x, y)
     m, e = dyadic(torch.tensor([1e-3]))
     x = int8_matmul(a, b, None, m, e, 8, backend="cpp")
-    assert x[0, 0] == -127 and x[0, 1] == 127 and x[1, 0] == 127
+    assert x[0, 0] == -127 and x[0, 1] == 127 and x[1, 0] == 127 and x[1, 2] == -127 and x[2, 2] == 127
 
 
-@pytest.mark.cpp
-@settings(max_examples=40, deadline=None)
+@pytest.mark.cpp_linear
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 140), seed=st.integers(0, 2**16),
-       log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32))
-def test_linear_property(M, K, N, seed, log_ratio, residual, bits):
-    a = randint(-128, 127, (M, K), torch.int8, seed=seed)
+       log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32),
+       a_low=st.sampled_from([-128, -127]))
+def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, linear_isa):
+    a = randint(a_low, 127, (M, K), torch.int8, seed=seed)
     b = randint(-128, 127, (N, K), torch.int8, seed=seed + 1)
     bias = randint(-(2**24), 2**24, (N,), torch.int32, seed=seed + 2)
     g = torch.Generator().manual_seed(seed)
@@ -129,8 +136,8 @@ def test_layernorm_exact(shape, bits):
         assert torch.equal(a, b)
 
 
-@pytest.mark.cpp
-def test_packed_weights_equal_bare_ones_in_the_cpp_kernel():
+@pytest.mark.cpp_linear
+def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(linear_isa):
     a = randint(-128, 127, (9, 37), torch.int8)
     w = randint(-127, 127, (20, 37), torch.int8, seed=1)
     m, e = dyadic(torch.rand(20, dtype=torch.float64) * 1e-2)
@@ -141,7 +148,7 @@ def test_packed_weights_equal_bare_ones_in_the_cpp_kernel():
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-@pytest.mark.cpp
+@pytest.mark.cpp_linear
 def test_linear_op_compiles_in_one_graph():
     a = randint(-128, 127, (9, 40), torch.int8)
     w = randint(-127, 127, (20, 40), torch.int8, seed=1)
@@ -150,7 +157,7 @@ def test_linear_op_compiles_in_one_graph():
     assert torch.equal(fn(a), int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-@pytest.mark.cpp
+@pytest.mark.cpp_linear
 def test_auto_picks_the_cpp_kernel_on_this_cpu():
     a = randint(-128, 127, (4, 8), torch.int8)
     m, e = dyadic(torch.tensor([1e-2]))
@@ -170,7 +177,7 @@ def test_without_the_cpp_kernel_auto_runs_the_reference(monkeypatch):
         x = int8_matmul(a, a, None, m, e)
     assert "ibert::linear_cpp" not in {ev.name for ev in prof.events()}
     assert torch.equal(x, int8_matmul(a, a, None, m, e, backend="torch"))
-    with pytest.raises(ValueError, match="AVX-512 VNNI"):
+    with pytest.raises(ValueError, match="AVX2"):
         int8_matmul(a, a, None, m, e, backend="cpp")
 
 

@@ -502,10 +502,10 @@ def test_padded_int_mm_for_cuda_shapes_is_exact(M, K, N):
 def test_missing_cpu_features_warn_once_naming_them(monkeypatch):
     from kernels import _cpu
 
-    monkeypatch.setattr(_cpu, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(_cpu, "_cpu_flags", lambda: {"sse4_2", "avx"})
     _cpu.cpp_extension.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="lacks avx512_vnni, avx512bw, avx512dq, avx512vl: the integer ops run the torch"):
+        with pytest.warns(UserWarning, match="need AVX2 at least; this CPU lacks avx2: the integer ops run the torch"):
             assert _cpu.cpp_extension() is None
         import warnings
         with warnings.catch_warnings():
@@ -579,7 +579,30 @@ def test_cpu_gemm_route_rejects_an_unknown_value(gemm_route):
 
 
 def test_cpu_isa_names_what_the_integer_ops_run_on(gemm_route):
-    from kernels._cpu import cpp_available
+    from kernels._cpu import _cpu_flags, cpp_extension
 
     gemm_route("fp32")
-    assert kernels.cpu_isa() == ("cpp-avx512_vnni" if cpp_available() else "torch-fp32")
+    if cpp_extension() is None:
+        assert kernels.cpu_isa() == "torch-fp32"
+    else:
+        best = "avx512_vnni" if "avx512_vnni" in _cpu_flags() else "avx2"
+        assert kernels.cpu_isa() == f"cpp-{best}"
+
+
+@pytest.mark.cpp_linear
+def test_cpu_isa_can_be_forced_for_ab_runs(monkeypatch, gemm_route):
+    """IBERT_CPU_ISA picks the C++ kernels' instruction set (one this CPU has) or none; the ops follow it."""
+    from kernels._cpu import _cpu_flags, cpp_runs
+
+    gemm_route("fp32")
+    monkeypatch.setenv("IBERT_CPU_ISA", "avx2")
+    assert kernels.cpu_isa() == "cpp-avx2" and cpp_runs("linear") and not cpp_runs("attention")
+    monkeypatch.setenv("IBERT_CPU_ISA", "none")
+    assert kernels.cpu_isa() == "torch-fp32" and not cpp_runs("linear")
+    monkeypatch.setenv("IBERT_CPU_ISA", "avx3")
+    with pytest.raises(ValueError, match="IBERT_CPU_ISA must be avx512_vnni, avx2 or none, got 'avx3'"):
+        kernels.cpu_isa()
+    if "avx512_vnni" not in _cpu_flags():
+        monkeypatch.setenv("IBERT_CPU_ISA", "avx512_vnni")
+        with pytest.raises(RuntimeError, match="IBERT_CPU_ISA=avx512_vnni: this CPU lacks"):
+            kernels.cpu_isa()

@@ -1,6 +1,7 @@
 // Argument checks of the C++ ops (checks.h), compiled for the baseline x86-64 ISA.
 #include "checks.h"
 
+#include <cstdlib>
 #include <string>
 
 namespace ibert {
@@ -85,19 +86,60 @@ void check_gelu_params(const char* op, const char* name, const torch::Tensor& pa
   check_range(op, (std::string("the i-GELU input shift r (") + name + "[4])").c_str(), g[4], 0, 31);
 }
 
-void require_simd(const char* op) {
-  static const std::string missing = [] {
-    __builtin_cpu_init();
-    std::string s;
-    if (!__builtin_cpu_supports("avx512f")) s += " avx512f";
-    if (!__builtin_cpu_supports("avx512bw")) s += " avx512bw";
-    if (!__builtin_cpu_supports("avx512vl")) s += " avx512vl";
-    if (!__builtin_cpu_supports("avx512dq")) s += " avx512dq";
-    if (!__builtin_cpu_supports("avx512vnni")) s += " avx512vnni";
-    return s;
-  }();
-  TORCH_CHECK(missing.empty(), op, ": the C++ kernels need AVX-512 VNNI; this CPU lacks", missing,
-              " (the torch backend runs everywhere)");
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512Vnni: return "avx512_vnni";
+    case Isa::kAvx2: return "avx2";
+    default: return "none";
+  }
+}
+
+namespace {
+
+// The features of `isa` this CPU lacks, as " f1 f2".
+std::string missing_features(Isa isa) {
+  __builtin_cpu_init();
+  std::string s;
+  const auto need = [&](bool has, const char* name) { if (!has) s += std::string(" ") + name; };
+  if (isa == Isa::kAvx512Vnni) {
+    need(__builtin_cpu_supports("avx512f"), "avx512f");
+    need(__builtin_cpu_supports("avx512bw"), "avx512bw");
+    need(__builtin_cpu_supports("avx512vl"), "avx512vl");
+    need(__builtin_cpu_supports("avx512dq"), "avx512dq");
+    need(__builtin_cpu_supports("avx512vnni"), "avx512vnni");
+  } else if (isa == Isa::kAvx2) {
+    need(__builtin_cpu_supports("avx2"), "avx2");
+  }
+  return s;
+}
+
+}  // namespace
+
+Isa simd_isa() {
+  static const Isa best = missing_features(Isa::kAvx512Vnni).empty() ? Isa::kAvx512Vnni
+                          : missing_features(Isa::kAvx2).empty()      ? Isa::kAvx2
+                                                                      : Isa::kNone;
+  const char* forced = std::getenv("IBERT_CPU_ISA");
+  if (!forced || !*forced) return best;
+  for (Isa isa : {Isa::kNone, Isa::kAvx2, Isa::kAvx512Vnni}) {
+    if (std::string(forced) != isa_name(isa)) continue;
+    const std::string missing = missing_features(isa);
+    TORCH_CHECK(missing.empty(), "IBERT_CPU_ISA=", forced, ": this CPU lacks", missing);
+    return isa;
+  }
+  TORCH_CHECK_VALUE(false, "IBERT_CPU_ISA must be avx512_vnni, avx2 or none, got '", forced, "'");
+  return best;
+}
+
+Isa require_simd(const char* op, Isa need) {
+  const Isa isa = simd_isa();
+  if (isa >= need) return isa;
+  const std::string missing = missing_features(need);
+  TORCH_CHECK(!missing.empty(), op, ": the C++ kernels run on ", isa_name(isa), " here (IBERT_CPU_ISA), this op needs ",
+              isa_name(need));
+  TORCH_CHECK(false, op, ": the C++ kernels need ", need == Isa::kAvx2 ? "AVX2" : "AVX-512 VNNI", "; this CPU lacks",
+              missing, " (the torch backend runs everywhere)");
+  return isa;
 }
 
 }  // namespace ibert

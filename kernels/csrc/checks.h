@@ -35,7 +35,17 @@ void check_softmax_params(const char* op, const char* name, const torch::Tensor&
 // int64 [5] i-GELU constants (gelu_params) that fit int32, with shifts below 32.
 void check_gelu_params(const char* op, const char* name, const torch::Tensor& params);
 
-// An error unless this CPU has what the kernels are compiled for (simd.h): AVX-512 F, BW, VL, DQ and VNNI.
-void require_simd(const char* op);
+// The instruction sets the kernels are compiled for (simd.h), in order: every op has an AVX-512 VNNI kernel, linear
+// also an AVX2 one.
+enum class Isa { kNone, kAvx2, kAvx512Vnni };
+
+const char* isa_name(Isa isa);
+
+// The best of them this CPU has, or the one the environment variable IBERT_CPU_ISA names ("avx512_vnni", "avx2",
+// "none") for A/B runs: an error if the CPU lacks it or the name is unknown.
+Isa simd_isa();
+
+// simd_isa(), or an error unless it is at least `need`, naming the CPU features missing.
+Isa require_simd(const char* op, Isa need = Isa::kAvx512Vnni);
 
 }  // namespace ibert

@@ -1,8 +1,10 @@
-// int8 x int8 -> int32 linear layers for x86 CPUs with AVX-512 VNNI, with the requantization (and the residual
-// add, or i-GELU) applied to the accumulators in registers. Bit-exact with kernels.gemm's references.
+// int8 x int8 -> int32 linear layers for x86 CPUs with AVX-512 VNNI or AVX2, with the requantization (and the
+// residual add, or i-GELU) applied to the accumulators while they are in registers or L1. Bit-exact with
+// kernels.gemm's references.
 //
-// vpdpbusd multiplies uint8 by int8, so the weights are stored once as w + 128 (uint8, packed in panels of 64
-// output channels) and the activations are read as they are: a . (w + 128) = a . w + 128 rowsum(a).
+// The weights are stored once as w + 128 (uint8, packed in panels of 64 output channels), the layout both ISAs read.
+// vpdpbusd (AVX-512 VNNI) multiplies uint8 by int8, so it reads them as they are and the activations too:
+// a . (w + 128) = a . w + 128 rowsum(a). AVX2 has no int8 dot product: see the avx2 namespace.
 #include "checks.h"
 #include "ops.h"
 #include "simd.h"
@@ -21,7 +23,7 @@ namespace {
 
 constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumulators
 constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
-constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows)
+constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows on AVX-512, 64 on AVX2)
 
 // Everything the epilogue needs.
 struct Epilogue {
@@ -180,6 +182,193 @@ void row_compensation(const int8_t* a, int64_t M, int64_t K, int32_t* comp) {
 
 IBERT_SIMD_END
 
+// AVX2: vpmaddubsw multiplies uint8 by int8 and adds pairs into int16 with saturation, then vpmaddwd adds pairs of
+// those into int32. With |w| as the uint8 operand and a sign(w) as the int8 one, each product is a . w and a pair
+// sum at most 2 x 128 x 127 = 32512: nothing saturates, provided a holds no -128 (-a must fit int8). Activations
+// that do hold it (only possible from a caller of the op: requantized ones are within +-127) take a scalar loop.
+namespace avx2 {
+
+IBERT_AVX2_BEGIN
+
+inline __m256i odd_lanes(__m256i x) { return _mm256_srli_epi64(x, 32); }
+
+// (x * m + half) >> e in int64 lanes, x and m the low int32 halves of the lanes. AVX2 shifts int64 lanes only
+// logically: with u = v + 2**63 (as unsigned), v >> e = (u >> e) - 2**(63 - e).
+inline __m256i rshift_round(__m256i x, __m256i m, __m256i half, __m256i e) {
+  const __m256i top = _mm256_set1_epi64x(INT64_MIN);
+  const __m256i v = _mm256_add_epi64(_mm256_mul_epi32(x, m), half);
+  return _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(v, top), e), _mm256_srlv_epi64(top, e));
+}
+
+inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
+  v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
+  return _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi));
+}
+
+// The even and odd lanes' int64 results, clamped to +-qmax, back in 8 int32 lanes.
+inline __m256i join_clamp(__m256i even, __m256i odd, int64_t qmax) {
+  const __m256i hi = _mm256_set1_epi64x(qmax), lo = _mm256_set1_epi64x(-qmax);
+  return _mm256_blend_epi32(clamp64(even, lo, hi), _mm256_slli_epi64(clamp64(odd, lo, hi), 32), 0xaa);
+}
+
+// i-GELU of 8 int32 lanes within +-32767, as gelu16 above.
+inline __m256i gelu8(__m256i q, const Epilogue& ep) {
+  const __m256i clip = _mm256_set1_epi32(ep.clip);
+  const __m256i t = _mm256_sub_epi32(
+      _mm256_min_epi32(_mm256_srav_epi32(_mm256_abs_epi32(q), _mm256_set1_epi32(ep.r)), clip), clip);
+  const __m256i s = _mm256_sign_epi32(_mm256_sub_epi32(_mm256_set1_epi32(ep.c), _mm256_mullo_epi32(t, t)), q);
+  const __m256i erf = _mm256_srav_epi32(s, _mm256_set1_epi32(ep.k));
+  return _mm256_mullo_epi32(q, _mm256_add_epi32(erf, _mm256_set1_epi32(ep.one)));
+}
+
+// n <= 8 values as 8 int32 lanes (0 past n), and 8 lanes stored to n values (the int8 ones within int8).
+inline __m256i load8(const int32_t* p, int64_t n) {
+  if (n == 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  alignas(32) int32_t t[8] = {};
+  std::memcpy(t, p, 4 * n);
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+}
+inline __m256i load8(const int8_t* p, int64_t n) {
+  int64_t v = 0;
+  std::memcpy(&v, p, n);
+  return _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(v));
+}
+inline void store8(int32_t* p, __m256i v, int64_t n) {
+  if (n == 8) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  alignas(32) int32_t t[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+  std::memcpy(p, t, 4 * n);
+}
+inline void store8(int8_t* p, __m256i v, int64_t n) {
+  const __m256i low_bytes = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+      -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+  const __m256i joined = _mm256_permutevar8x32_epi32(low_bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+  const int64_t bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(joined));
+  std::memcpy(p, &bytes, n);
+}
+
+// One 8-channel column's requantization constants (m, e padded to a whole panel).
+struct Column {
+  __m256i m_even, m_odd, half_even, half_odd, e_even, e_odd;
+};
+
+inline Column column(int64_t n, const Epilogue& ep) {
+  const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.m + n));
+  const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.e + n));
+  const __m256i e_even = _mm256_and_si256(e, _mm256_set1_epi64x(0xffffffff)), e_odd = odd_lanes(e);
+  const __m256i one = _mm256_set1_epi64x(1);
+  return {m, odd_lanes(m), _mm256_srli_epi64(_mm256_sllv_epi64(one, e_even), 1),
+          _mm256_srli_epi64(_mm256_sllv_epi64(one, e_odd), 1), e_even, e_odd};
+}
+
+// Requantize 8 accumulators (channels n .. n + 7 of one row, the bias added) and store those below N.
+inline void epilogue8(__m256i acc, int64_t row, int64_t n, int64_t N, const Column& col, const Epilogue& ep,
+                      void* out) {
+  const int64_t at = row * N + n, lanes = std::min<int64_t>(8, N - n);
+  __m256i even = rshift_round(acc, col.m_even, col.half_even, col.e_even);
+  __m256i odd = rshift_round(odd_lanes(acc), col.m_odd, col.half_odd, col.e_odd);
+  if (ep.res) {
+    const __m256i r = ep.res_int32 ? load8(static_cast<const int32_t*>(ep.res) + at, lanes)
+                                   : load8(static_cast<const int8_t*>(ep.res) + at, lanes);
+    const __m256i m = _mm256_set1_epi64x(ep.m_res), half = _mm256_set1_epi64x(ep.half_res);
+    const __m256i e = _mm256_set1_epi64x(ep.e_res);
+    even = _mm256_add_epi64(even, rshift_round(r, m, half, e));
+    odd = _mm256_add_epi64(odd, rshift_round(odd_lanes(r), m, half, e));
+  }
+  int64_t qmax = ep.qmax;
+  if (ep.gelu) {
+    const __m256i g = gelu8(join_clamp(even, odd, qmax), ep);
+    const __m256i m = _mm256_set1_epi64x(ep.m2), half = _mm256_set1_epi64x(ep.half2), e = _mm256_set1_epi64x(ep.e2);
+    even = rshift_round(g, m, half, e);
+    odd = rshift_round(odd_lanes(g), m, half, e);
+    qmax = ep.qmax2;
+  }
+  const __m256i v = join_clamp(even, odd, qmax);
+  if (ep.out_int32) {
+    store8(static_cast<int32_t*>(out) + at, v, lanes);
+  } else {
+    store8(static_cast<int8_t*>(out) + at, v, lanes);
+  }
+}
+
+// The accumulators of rows [row, row + R) x one panel's 64 channels (bias + a . w) into tile, 16 channels at a
+// time. a: int8 [M, K] without -128 (row stride K, K a multiple of 4); panel: [K/4][64][4] uint8 (w + 128);
+// bias: padded to whole panels.
+template <int R>
+void accumulate(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* bias, int32_t (*tile)[kNR]) {
+  const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(char(0x80));
+  for (int s = 0; s < kNR; s += 16) {
+    __m256i acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + s));
+      acc[r][1] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + s + 8));
+    }
+    for (int64_t g = 0; g < K / 4; ++g) {
+      const uint8_t* bg = panel + (g * kNR + s) * 4;
+      const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg)), flip);
+      const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg + 32)), flip);
+      const __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);  // |-128| = 128 as uint8
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t a4;
+        std::memcpy(&a4, a + r * K + g * 4, 4);
+        const __m256i x = _mm256_set1_epi32(a4);
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(x, w0)), ones));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(x, w1)), ones));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tile[r] + s), acc[r][0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(tile[r] + s + 8), acc[r][1]);
+    }
+  }
+}
+
+// As accumulate, for any int8 activations (-128 included), one product at a time.
+template <int R>
+void accumulate_scalar(const int8_t* a, int64_t K, const uint8_t* panel, const int32_t* bias, int32_t (*tile)[kNR]) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < kNR; ++c) {
+      int32_t sum = bias[c];
+      for (int64_t k = 0; k < K; ++k) sum += a[r * K + k] * (int32_t(panel[((k / 4) * kNR + c) * 4 + k % 4]) - 128);
+      tile[r][c] = sum;
+    }
+}
+
+// One micro-tile: rows [row, row + R) x the 64 channels n0 .. of one panel, accumulated and requantized.
+template <int R>
+void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8, int64_t row, int64_t n0, int64_t N,
+                const Epilogue& ep, void* out) {
+  alignas(32) int32_t tile[R][kNR];
+  if (any_int8) {
+    accumulate_scalar<R>(a + row * K, K, panel, ep.bias + n0, tile);
+  } else {
+    accumulate<R>(a + row * K, K, panel, ep.bias + n0, tile);
+  }
+  const Epilogue local = ep;  // as in the AVX-512 micro_tile
+  for (int64_t n = n0; n < std::min(N, n0 + kNR); n += 8) {
+    const Column col = column(n, local);
+    for (int r = 0; r < R; ++r)
+      epilogue8(_mm256_load_si256(reinterpret_cast<const __m256i*>(tile[r] + (n - n0))), row + r, n, N, col, local, out);
+  }
+}
+
+IBERT_AVX2_END
+
+constexpr int64_t kMR = 4;  // rows per micro-tile: 4 x 2 accumulators, 2 weights and their |w| of the 16 registers
+
+void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8, int64_t row, int64_t n0,
+               int64_t N, const Epilogue& ep, void* out) {
+  switch (rows) {
+    case 4: micro_tile<4>(a, K, panel, any_int8, row, n0, N, ep, out); break;
+    case 3: micro_tile<3>(a, K, panel, any_int8, row, n0, N, ep, out); break;
+    case 2: micro_tile<2>(a, K, panel, any_int8, row, n0, N, ep, out); break;
+    default: micro_tile<1>(a, K, panel, any_int8, row, n0, N, ep, out); break;
+  }
+}
+
+}  // namespace avx2
+
 std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) {
   std::vector<int32_t> out(np, 0);
   const int32_t* p = x.data_ptr<int32_t>();
@@ -187,13 +376,31 @@ std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) 
   return out;
 }
 
+// Runs tile(rows, first row, panel) over the micro-tiles of mr rows x every panel. The work is a list of (block of
+// kBlockTiles micro-tiles' rows, panel) units, a block's panels in a row: the threads take the next unit as they
+// finish one, so a slower core gets less of it. A block's activations stay in the L2 of each thread that works on
+// it; a panel is reused by every tile of the block.
+template <typename Tile>
+void for_each_tile(int64_t M, int64_t panels, int64_t mr, const Tile& tile) {
+  const int64_t tiles = (M + mr - 1) / mr, blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
+  const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t u = next++; u < units; u = next++) {
+      const int64_t block = u / panels, p = u % panels;
+      for (int64_t t = block * kBlockTiles; t < std::min(tiles, (block + 1) * kBlockTiles); ++t)
+        tile(std::min(mr, M - t * mr), t * mr, p);
+    }
+  });
+}
+
 }  // namespace
 
-// w: [N, K] int8 -> [ceil(N / 64), K4 / 4, 64, 4] uint8 holding w + 128 (K4 = K rounded up to 4; padding 0).
+// w: [N, K] int8 -> [ceil(N / 64), K4 / 4, 64, 4] uint8 holding w + 128 (K4 = K rounded up to 4; padding w = 0).
 torch::Tensor pack_weight(torch::Tensor w) {
   ibert::check_tensor("pack_weight", "w", w, torch::kInt8, 2);
   const int64_t N = w.size(0), K = w.size(1), K4 = (K + 3) / 4 * 4, panels = (N + kNR - 1) / kNR;
-  auto packed = torch::zeros({panels, K4 / 4, kNR, 4}, w.options().dtype(torch::kUInt8));
+  auto packed = torch::full({panels, K4 / 4, kNR, 4}, 128, w.options().dtype(torch::kUInt8));
   const int8_t* src = w.data_ptr<int8_t>();
   uint8_t* dst = packed.data_ptr<uint8_t>();
   for (int64_t n = 0; n < N; ++n)
@@ -231,12 +438,10 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     ibert::check_shape(op, "residual", residual, residual.scalar_type(), {M, N});
     ibert::check_multiplier(op, "(m_res, e_res)", m_res, e_res, 1);
   }
-  ibert::require_simd(op);
+  const ibert::Isa isa = ibert::require_simd(op, ibert::Isa::kAvx2);
   auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
-  std::vector<int32_t> comp(M);
-  row_compensation(a.data_ptr<int8_t>(), M, K, comp.data());
   const std::vector<int32_t> mc = per_channel(m, N, Np), ec = per_channel(e, N, Np);
-  Epilogue ep{bias.numel() ? bias.data_ptr<int32_t>() : nullptr, mc.data(), ec.data(), qmax, out_bits > 8};
+  Epilogue ep{nullptr, mc.data(), ec.data(), qmax, out_bits > 8};
   if (residual.numel()) {
     ep.res = residual.data_ptr();
     ep.res_int32 = residual.scalar_type() == torch::kInt32;
@@ -255,20 +460,22 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   }
   const int8_t* ap = a.data_ptr<int8_t>();
   const uint8_t* bp = packed.data_ptr<uint8_t>();
-  const int32_t* cp = comp.data();
   void* dst = out.data_ptr();
-  // The work is a list of (block of kBlockTiles micro-tiles' rows, panel) units, a block's panels in a row: the
-  // threads take the next unit as they finish one, so a slower core gets less of it. A block's activations stay
-  // in the L2 of each thread that works on it; a panel is reused by every tile of the block.
-  const int64_t tiles = (M + kMR - 1) / kMR, blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
-  const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t u = next++; u < units; u = next++) {
-      const int64_t block = u / panels, p = u % panels;
-      for (int64_t t = block * kBlockTiles; t < std::min(tiles, (block + 1) * kBlockTiles); ++t)
-        tile_rows(std::min(kMR, M - t * kMR), ap, K, bp + p * K * kNR, cp, t * kMR, p * kNR, N, ep, dst);
-    }
-  });
+  if (isa == ibert::Isa::kAvx512Vnni) {
+    std::vector<int32_t> comp(M);
+    row_compensation(ap, M, K, comp.data());
+    ep.bias = bias.numel() ? bias.data_ptr<int32_t>() : nullptr;
+    const int32_t* cp = comp.data();
+    for_each_tile(M, panels, kMR, [&](int64_t rows, int64_t row, int64_t p) {
+      tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
+    });
+  } else {
+    const std::vector<int32_t> bc = bias.numel() ? per_channel(bias, N, Np) : std::vector<int32_t>(Np, 0);
+    ep.bias = bc.data();
+    const bool any_int8 = M * K > 0 && std::memchr(ap, 0x80, M * K) != nullptr;  // a holds -128
+    for_each_tile(M, panels, avx2::kMR, [&](int64_t rows, int64_t row, int64_t p) {
+      avx2::tile_rows(rows, ap, K, bp + p * K * kNR, any_int8, row, p * kNR, N, ep, dst);
+    });
+  }
   return out;
 }

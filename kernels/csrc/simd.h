@@ -1,8 +1,9 @@
-// Helpers shared by the C++ kernels (x86, AVX-512 VNNI).
+// Helpers shared by the C++ kernels (x86: AVX-512 VNNI, and AVX2 for linear).
 //
 // The module is built on every x86-64 host, for the baseline ISA: only the code between IBERT_SIMD_BEGIN and
-// IBERT_SIMD_END is compiled for AVX-512 VNNI, and it is reached only after an op has checked its arguments and the
-// CPU (checks.h). So a CPU without those features gets an error that says so, never an illegal instruction.
+// IBERT_SIMD_END is compiled for AVX-512 VNNI (IBERT_AVX2_BEGIN/END: AVX2), and it is reached only after an op has
+// checked its arguments and the CPU (checks.h). So a CPU without those features gets an error that says so, never an
+// illegal instruction.
 #pragma once
 #include <immintrin.h>
 
@@ -11,6 +12,8 @@
 #define IBERT_SIMD_BEGIN \
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vnni\")")
 #define IBERT_SIMD_END _Pragma("GCC pop_options")
+#define IBERT_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2\")")
+#define IBERT_AVX2_END _Pragma("GCC pop_options")
 
 inline int64_t half_of(int64_t e) { return e > 0 ? int64_t(1) << (e - 1) : 0; }
 
