@@ -23,7 +23,7 @@ namespace {
 
 constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumulators
 constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
-constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows on AVX-512, 64 on AVX2)
+constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows on AVX-512, 80 on AVX2)
 
 // Everything the epilogue needs.
 struct Epilogue {
@@ -355,11 +355,12 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8,
 
 IBERT_AVX2_END
 
-constexpr int64_t kMR = 4;  // rows per micro-tile: 4 x 2 accumulators, 2 weights and their |w| of the 16 registers
+constexpr int64_t kMR = 5;  // rows per micro-tile: 5 x 2 accumulators, 2 weights and their |w| of the 16 registers
 
 void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8, int64_t row, int64_t n0,
                int64_t N, const Epilogue& ep, void* out) {
   switch (rows) {
+    case 5: micro_tile<5>(a, K, panel, any_int8, row, n0, N, ep, out); break;
     case 4: micro_tile<4>(a, K, panel, any_int8, row, n0, N, ep, out); break;
     case 3: micro_tile<3>(a, K, panel, any_int8, row, n0, N, ep, out); break;
     case 2: micro_tile<2>(a, K, panel, any_int8, row, n0, N, ep, out); break;
