@@ -23,7 +23,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import kernels
-from kernels._cpu import cpp_runs, resolve_cpu_backend
+from kernels._cpu import resolve_cpu_backend
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
 from kernels.layer import encoder_layer_cpp
 from kernels.softmax import NUM_PARAMS as SOFTMAX_PARAMS
@@ -182,7 +182,7 @@ class IntegerLayer(nn.Module):
                 keep_probs: bool = False):
         """x: [B, S, H] int8; mask: [B, S] int32 additive; head_mask: [heads] uint8 or None.
         Returns [B, S, H] int8 and, with keep_probs, the attention probabilities [B, heads, S, S] uint8."""
-        if resolve_cpu_backend(backend, x) == "cpp" and cpp_runs("encoder_layer"):
+        if resolve_cpu_backend(backend, x) == "cpp":
             weights = [self.qkv.packed(), self.attn_dense.packed(), self.ffn_in.packed(), self.ffn_out.packed()]
             return encoder_layer_cpp(x, mask, head_mask, weights, self.cpp_buffers(), self.heads, self.bits,
                                      self.ln_bits, self.gelu_input_bits, self.softmax_bits, keep_probs)

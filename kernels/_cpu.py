@@ -1,6 +1,6 @@
-"""The C++ kernels for x86 CPUs (`kernels/csrc`): int8 linear layers with the requantization fused (AVX-512 VNNI or
-AVX2), and on AVX-512 VNNI also fused attention, i-LayerNorm and a whole encoder layer of them in one call. Built
-with `torch.utils.cpp_extension` on first use (1-4 min, then cached). The module builds on any x86-64 CPU (only the
+"""The C++ kernels for x86 CPUs with AVX-512 VNNI or AVX2 (`kernels/csrc`): fused attention, int8 linear layers with
+in-register requantization, i-LayerNorm, and a whole encoder layer of them in one call. Built with
+`torch.utils.cpp_extension` on first use (1-4 min, then cached). The module builds on any x86-64 CPU (only the
 kernels' inner loops are compiled for AVX-512 or AVX2), and its ops check their arguments, then the CPU, before
 they run: where the CPU lacks the features they raise an error that says so."""
 from __future__ import annotations
@@ -22,12 +22,7 @@ CSRC = Path(__file__).parent / "csrc"
 SOURCES = tuple(CSRC / name for name in ("module.cpp", "checks.cpp", "attention_cpu.cpp", "gemm_cpu.cpp",
                                              "layernorm_cpu.cpp", "layer_cpu.cpp"))
 CPU_BACKENDS = (*BACKENDS, "cpp")
-_CPU_FLAGS = {"avx2"}  # the least the C++ linear kernel needs (/proc/cpuinfo names)
-CPP_OPS = {  # the ops with a C++ kernel, per instruction set the kernels run on (csrc/checks.h)
-    "avx512_vnni": frozenset({"linear", "attention", "layernorm", "encoder_layer"}),
-    "avx2": frozenset({"linear"}),
-    "none": frozenset(),
-}
+_CPU_FLAGS = {"avx2"}  # the least the C++ kernels need (/proc/cpuinfo names)
 _INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what oneDNN's int8 GEMM (`torch._int_mm`) needs to be fast
 GEMM_ROUTES = ("int8", "fp32")
 
@@ -42,8 +37,8 @@ def _cpu_flags() -> set[str]:
 
 @functools.lru_cache(maxsize=None)
 def cpp_extension():
-    """The compiled module where this CPU can run some of its kernels (AVX2 at least), else None (with one warning
-    a process that names what is missing and the path taken instead)."""
+    """The compiled module where this CPU can run its kernels (AVX2 at least), else None (with one warning a
+    process that names what is missing and the path taken instead)."""
     if platform.machine() != "x86_64":
         warnings.warn(f"the C++ CPU kernels need x86-64 (this is {platform.machine()}): the integer ops run the "
                       f"torch references")
@@ -111,30 +106,21 @@ def cpp_isa() -> str:
 
 
 def cpu_isa() -> str:
-    """What the integer ops run on this CPU: "cpp-avx512_vnni" (the C++ kernels: linear layers, attention,
-    i-LayerNorm, whole encoder layers), "cpp-avx2" (the linear layers in C++, the rest on the torch path's
-    `cpu_gemm_route`), "torch-int8" (the torch references on `torch._int_mm`) or "torch-fp32" (the torch references
-    on exact float32 GEMMs)."""
+    """What the integer ops run on this CPU: "cpp-avx512_vnni" or "cpp-avx2" (the C++ kernels, for the ops that
+    have one; the rest as below), "torch-int8" (the torch references on `torch._int_mm`) or "torch-fp32" (the torch
+    references on exact float32 GEMMs)."""
     isa = cpp_isa()
     return f"cpp-{isa}" if isa != "none" else f"torch-{cpu_gemm_route()}"
 
 
 @torch.compiler.assume_constant_result
 def cpp_available() -> bool:
-    """Whether C++ kernels run here, the linear one at least (a constant to torch.compile: it does not trace the
-    build)."""
+    """Whether the C++ kernels run here (a constant to torch.compile: it does not trace the build)."""
     return cpp_isa() != "none"
 
 
-@torch.compiler.assume_constant_result
-def cpp_runs(op: str) -> bool:
-    """Whether `op` ("linear", "attention", "layernorm", "encoder_layer") has a C++ kernel that runs here."""
-    return op in CPP_OPS[cpp_isa()]
-
-
 def resolve_cpu_backend(backend: str, x: torch.Tensor) -> str:
-    """'auto' is Triton on CUDA, "cpp" on CPUs where C++ kernels run, else "torch". With "cpp" an op runs its
-    C++ kernel where `cpp_runs(op)`, else its reference."""
+    """For ops with a C++ kernel: 'auto' is Triton on CUDA, "cpp" on CPUs where it runs, else "torch"."""
     if backend not in CPU_BACKENDS:
         raise ValueError(f"backend must be one of {CPU_BACKENDS}, got {backend!r}")
     if backend == "cpp":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._cpu import cpp_ops, cpp_runs, resolve_cpu_backend
+from kernels._cpu import cpp_ops, resolve_cpu_backend
 from kernels._triton import tl, triton
 from kernels._utils import check_bits, check_multiplier, check_same_device, check_tensor, qmax, rshift_round
 from kernels.gemm import int8_bmm
@@ -167,7 +167,7 @@ def attention(
     if qkv.numel() == 0:
         probs = qkv.new_empty((B, heads, S, S), dtype=torch.uint8) if return_probs else None
         return qkv.new_empty((B, S, H3 // 3)), probs
-    if backend == "cpp" and cpp_runs("attention"):
+    if backend == "cpp":
         empty_mask = qkv.new_empty(0, dtype=torch.int32)
         ctx, probs = _attention_cpp_op(qkv, empty_mask if mask is None else mask, params, m.reshape(1), e.reshape(1),
                                        qkv.new_empty(0, dtype=torch.uint8) if head_mask is None else head_mask,

@@ -22,15 +22,13 @@ def on_cpu(tree):
 
 
 def pytest_collection_modifyitems(config, items):
-    from kernels._cpu import cpp_available, cpp_build, cpp_runs  # after TRITON_INTERPRET is set: kernels read it on import
+    from kernels._cpu import cpp_available, cpp_build  # after TRITON_INTERPRET is set: kernels read it on import
 
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
-    if any(item.get_closest_marker("cpp") for item in items) and not cpp_runs("encoder_layer"):
-        skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX-512 VNNI and g++")
-    if any(item.get_closest_marker("cpp_linear") for item in items) and not cpp_available():
-        skips["cpp_linear"] = pytest.mark.skip(reason="the C++ linear kernel needs x86 AVX2 and g++")
+    if any(item.get_closest_marker("cpp") for item in items) and not cpp_available():
+        skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX2 and g++")
     if any(item.get_closest_marker("cpp_build") for item in items) and cpp_build() is None:
         skips["cpp_build"] = pytest.mark.skip(reason="the C++ module needs x86-64 and g++")
     for item in items:
@@ -56,8 +54,8 @@ def force_isa(monkeypatch, isa: str) -> None:
 
 
 @pytest.fixture(params=["avx512_vnni", "avx2"])
-def linear_isa(request, monkeypatch) -> str:
-    """Each instruction set of the C++ linear kernel in turn (force_isa)."""
+def cpp_isa(request, monkeypatch) -> str:
+    """Each instruction set of the C++ kernels in turn (force_isa)."""
     force_isa(monkeypatch, request.param)
     return request.param
 

@@ -1,5 +1,6 @@
-"""The C++ CPU kernels (`kernels/csrc`): the int8 linear layers with fused epilogues equal the torch reference
-exactly; the sources hold no floating-point type. (The fused attention's tests are in test_attention.py.)"""
+"""The C++ CPU kernels (`kernels/csrc`): the int8 linear layers with fused epilogues and i-LayerNorm equal the torch
+reference exactly, on each instruction set this CPU has (cpp_isa); the sources hold no floating-point type. (The
+fused attention's tests are in test_attention.py.)"""
 import math
 import re
 
@@ -15,7 +16,7 @@ from kernels._cpu import SOURCES
 
 
 # Tails of every loop: rows (micro-tiles of 6 or 4, blocks of 16 tiles), channels (vectors of 16 or 8, panels of 64)
-# and the inner dimension (groups of 4). Each linear test runs on every instruction set of this CPU (linear_isa),
+# and the inner dimension (groups of 4). Each linear test runs on every instruction set of this CPU (cpp_isa),
 # with activations of all int8 and of +-127 (requantized ones: the AVX2 kernel's fast path).
 SHAPES = [(1, 1, 1), (5, 7, 17), (6, 4, 64), (13, 130, 129), (97, 768, 200), (200, 33, 65)]
 
@@ -31,11 +32,11 @@ def cpp_and_torch(fn, *args):
     return x, y
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("bits", [8, 16, 22])
 @pytest.mark.parametrize("a_low", [-128, -127])
-def test_linear_requant_residual_exact(M, K, N, bits, a_low, linear_isa):
+def test_linear_requant_residual_exact(M, K, N, bits, a_low, cpp_isa):
     a = randint(a_low, 127, (M, K), torch.int8, seed=1)
     b = randint(-128, 127, (N, K), torch.int8, seed=2)
     bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=3)
@@ -49,11 +50,11 @@ def test_linear_requant_residual_exact(M, K, N, bits, a_low, linear_isa):
         assert torch.equal(x, y)
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("reach", [2.0**-2, 2.0**3])  # i-GELU inputs below the erf clip; past it and saturating
 @pytest.mark.parametrize("a_low", [-128, -127])
-def test_linear_gelu_exact(M, K, N, reach, a_low, linear_isa):
+def test_linear_gelu_exact(M, K, N, reach, a_low, cpp_isa):
     a = randint(a_low, 127, (M, K), torch.int8, seed=4)
     b = randint(-128, 127, (N, K), torch.int8, seed=5)
     bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=6)
@@ -67,9 +68,9 @@ def test_linear_gelu_exact(M, K, N, reach, a_low, linear_isa):
     assert torch.equal(x, y) and y.dtype == torch.int32
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 @pytest.mark.parametrize("a_low", [-128, -127])
-def test_linear_extremes_saturate(a_low, linear_isa):
+def test_linear_extremes_saturate(a_low, cpp_isa):
     """Largest accumulators (every product 128 * 127 or 127 * 128: a_low activations against +-127 weights, +-127
     ones against -128 weights), outputs on both clamps, the largest shift."""
     K = 1024
@@ -89,12 +90,12 @@ def test_linear_extremes_saturate(a_low, linear_isa):
     assert x[0, 0] == -127 and x[0, 1] == 127 and x[1, 0] == 127 and x[1, 2] == -127 and x[2, 2] == 127
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 140), seed=st.integers(0, 2**16),
        log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32),
        a_low=st.sampled_from([-128, -127]))
-def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, linear_isa):
+def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, cpp_isa):
     a = randint(a_low, 127, (M, K), torch.int8, seed=seed)
     b = randint(-128, 127, (N, K), torch.int8, seed=seed + 1)
     bias = randint(-(2**24), 2**24, (N,), torch.int32, seed=seed + 2)
@@ -117,7 +118,7 @@ def ln_params(n, s_in=1e-3, s_out=0.02, eps=1e-12, bits=8, seed=0):
 @pytest.mark.cpp
 @pytest.mark.parametrize("shape", [(1, 1), (7, 7), (3, 768), (2, 3, 1023), (40, 384)])
 @pytest.mark.parametrize("bits", [8, 16])
-def test_layernorm_exact(shape, bits):
+def test_layernorm_exact(shape, bits, cpp_isa):
     """Wide rows (down-shifted variance), narrow rows (up-shifted), the extremes of the exact domain, constant rows,
     large eps."""
     x = randint(-(2**21), 2**21, shape, torch.int32)
@@ -136,8 +137,8 @@ def test_layernorm_exact(shape, bits):
         assert torch.equal(a, b)
 
 
-@pytest.mark.cpp_linear
-def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(linear_isa):
+@pytest.mark.cpp
+def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(cpp_isa):
     a = randint(-128, 127, (9, 37), torch.int8)
     w = randint(-127, 127, (20, 37), torch.int8, seed=1)
     m, e = dyadic(torch.rand(20, dtype=torch.float64) * 1e-2)
@@ -148,7 +149,7 @@ def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(linear_isa):
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 def test_linear_op_compiles_in_one_graph():
     a = randint(-128, 127, (9, 40), torch.int8)
     w = randint(-127, 127, (20, 40), torch.int8, seed=1)
@@ -157,7 +158,7 @@ def test_linear_op_compiles_in_one_graph():
     assert torch.equal(fn(a), int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 def test_auto_picks_the_cpp_kernel_on_this_cpu():
     a = randint(-128, 127, (4, 8), torch.int8)
     m, e = dyadic(torch.tensor([1e-2]))

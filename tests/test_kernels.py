@@ -589,16 +589,16 @@ def test_cpu_isa_names_what_the_integer_ops_run_on(gemm_route):
         assert kernels.cpu_isa() == f"cpp-{best}"
 
 
-@pytest.mark.cpp_linear
+@pytest.mark.cpp
 def test_cpu_isa_can_be_forced_for_ab_runs(monkeypatch, gemm_route):
     """IBERT_CPU_ISA picks the C++ kernels' instruction set (one this CPU has) or none; the ops follow it."""
-    from kernels._cpu import _cpu_flags, cpp_runs
+    from kernels._cpu import _cpu_flags, cpp_available
 
     gemm_route("fp32")
     monkeypatch.setenv("IBERT_CPU_ISA", "avx2")
-    assert kernels.cpu_isa() == "cpp-avx2" and cpp_runs("linear") and not cpp_runs("attention")
+    assert kernels.cpu_isa() == "cpp-avx2" and cpp_available()
     monkeypatch.setenv("IBERT_CPU_ISA", "none")
-    assert kernels.cpu_isa() == "torch-fp32" and not cpp_runs("linear")
+    assert kernels.cpu_isa() == "torch-fp32" and not cpp_available()
     monkeypatch.setenv("IBERT_CPU_ISA", "avx3")
     with pytest.raises(ValueError, match="IBERT_CPU_ISA must be avx512_vnni, avx2 or none, got 'avx3'"):
         kernels.cpu_isa()

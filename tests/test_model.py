@@ -13,7 +13,7 @@ from ibert import IBertConfig
 from ibert.checkpoints import load_pretrained
 from ibert.engine import convert_to_integer, load_integer, save_integer
 from conftest import DEVICE, force_isa, on_device
-from kernels._cpu import cpp_available, cpp_runs
+from kernels._cpu import cpp_available
 
 HEADS = ["IBertModel", "IBertForMaskedLM", "IBertForSequenceClassification", "IBertForMultipleChoice",
          "IBertForTokenClassification", "IBertForQuestionAnswering"]
@@ -234,21 +234,18 @@ def test_no_float_op_between_embedding_lookup_and_head(route, gemm_route):
     if route == "int8":
         assert rec.float_ops == []
     else:
-        assert set(rec.float_ops) <= FLOAT32_GEMM_OPS and (cpp_runs("encoder_layer") or rec.float_ops)
-    if cpp_runs("encoder_layer"):  # the C++ kernels are registered ops: their tensors are checked too
+        assert set(rec.float_ops) <= FLOAT32_GEMM_OPS and (cpp_available() or rec.float_ops)
+    if cpp_available():  # the C++ kernels are registered ops: their tensors are checked too
         assert {"ibert.encoder_layer_cpp.default", "ibert.layernorm_cpp.default"} <= rec.ops
-    elif cpp_available():  # the linear layers only
-        assert "ibert.linear_cpp.default" in rec.ops
     with DtypeRecorder() as rec:  # the recorder does see float ops: the head runs in float
         engine(input_ids=ids, attention_mask=mask)
     assert rec.float_ops
 
 
 @pytest.mark.parametrize("backend,isa", [("triton", None), pytest.param("cpp", "avx512_vnni", marks=pytest.mark.cpp),
-                                         pytest.param("cpp", "avx2", marks=pytest.mark.cpp_linear)])
+                                         pytest.param("cpp", "avx2", marks=pytest.mark.cpp)])
 def test_integer_engine_backend_equals_torch(backend, isa, monkeypatch):
-    """Every kernel path gives the torch path's integers: Triton, the C++ encoder layers (AVX-512 VNNI), the C++
-    linear layers with the rest on the torch path (AVX2)."""
+    """Every kernel path gives the torch path's integers: Triton, the C++ encoder layers on each instruction set."""
     if isa:
         force_isa(monkeypatch, isa)
     engine = convert_to_integer(calibrated("IBertModel"))

@@ -1,8 +1,8 @@
-// Fused integer attention for x86 CPUs with AVX-512 VNNI: per (batch, head), Q K^T, i-softmax, P V and the
+// Fused integer attention for x86 CPUs with AVX-512 VNNI or AVX2: per (batch, head), Q K^T, i-softmax, P V and the
 // requantization of the context, with the scores kept in cache. Bit-exact with kernels.attention's reference.
 //
-// The int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
-// P V takes the 0..255 probabilities as they are.
+// AVX-512 VNNI: the int8 products use vpdpbusd (uint8 x int8 -> int32): Q K^T runs as (Q + 128) K^T - 128 rowsum(K);
+// P V takes the 0..255 probabilities as they are. AVX2: see the avx2 namespace.
 #include "checks.h"
 #include "ops.h"
 #include "simd.h"
@@ -190,7 +190,152 @@ void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_
 
 IBERT_SIMD_END
 
+// AVX2, which has no int8 dot product: Q K^T with vpmaddubsw on |k| x q sign(k), exact for q without -128 as in
+// gemm_cpu.cpp's AVX2 kernel (a head whose q holds -128, possible only from a caller of the op, takes a scalar
+// loop); P V with vpmaddwd on the probabilities and V as int16.
 }  // namespace
+
+namespace avx2 {  // beside simd.h's AVX2 helpers
+
+IBERT_AVX2_BEGIN
+
+// One head's operands from the fused QKV rows (row stride ld): Q as it is [Sp, dp], K packed [dp/4][Sp][4] and V
+// as int16 pairs of rows [Sp/2][dp][2], zero past the head's rows and columns. Returns whether q holds -128.
+bool pack_head(const int8_t* __restrict qrow, int64_t ld, int64_t H, int64_t S, int64_t d, int64_t Sp, int64_t dp,
+               int8_t* __restrict q, int8_t* __restrict kp, int16_t* __restrict vp) {
+  std::memset(q, 0, Sp * dp);
+  std::memset(kp, 0, Sp * dp);
+  std::memset(vp, 0, Sp * dp * sizeof(int16_t));
+  bool any_int8 = false;
+  for (int64_t i = 0; i < S; ++i) {
+    const int8_t* row = qrow + i * ld;
+    std::memcpy(q + i * dp, row, d);
+    any_int8 = any_int8 || std::memchr(row, 0x80, d) != nullptr;
+    for (int64_t k = 0; k < d; ++k) kp[((k >> 2) * Sp + i) * 4 + (k & 3)] = row[H + k];
+    for (int64_t k = 0; k < d; ++k) vp[((i >> 1) * dp + k) * 2 + (i & 1)] = row[2 * H + k];
+  }
+  return any_int8;
+}
+
+// C[rows, cols] = A . B, rows a multiple of 4 and cols of 16: for each group g, 4 bytes of each row of A (row stride
+// lda bytes) against B's 64 bytes of the group's 16 columns ([groups][cols][4 bytes]); mul(x, b) gives 8 int32 lanes
+// of sums from the broadcast 4 bytes x and 32 bytes of B.
+template <typename Mul>
+void dot(const void* a, int64_t lda, const void* b, int64_t groups, int64_t rows, int64_t cols, int32_t* c,
+         const Mul& mul) {
+  const auto* a8 = static_cast<const uint8_t*>(a);
+  const auto* b8 = static_cast<const uint8_t*>(b);
+  for (int64_t i = 0; i < rows; i += 4)
+    for (int64_t col = 0; col < cols; col += 16) {
+      __m256i acc[4][2];
+      for (auto& row : acc) row[0] = row[1] = _mm256_setzero_si256();
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t* bg = b8 + (g * cols + col) * 4;
+        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg));
+        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg + 32));
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          int32_t a4;
+          std::memcpy(&a4, a8 + (i + r) * lda + g * 4, 4);
+          const __m256i x = _mm256_set1_epi32(a4);
+          acc[r][0] = _mm256_add_epi32(acc[r][0], mul(x, b0));
+          acc[r][1] = _mm256_add_epi32(acc[r][1], mul(x, b1));
+        }
+      }
+      for (int r = 0; r < 4; ++r) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + (i + r) * cols + col), acc[r][0]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + (i + r) * cols + col + 8), acc[r][1]);
+      }
+    }
+}
+
+// Q K^T: four int8 q (without -128) against four int8 k per lane, |k| x q sign(k) (|k| is the same for every row).
+struct QkProducts {
+  __m256i operator()(__m256i q, __m256i k) const {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(k), _mm256_sign_epi8(q, k)), _mm256_set1_epi16(1));
+  }
+};
+
+// P V: two int16 probabilities against two int16 v per lane; each adds two products of at most 255 x 128.
+struct PvProducts {
+  __m256i operator()(__m256i p, __m256i v) const { return _mm256_madd_epi16(p, v); }
+};
+
+// As qk, for any int8 q (-128 included), one product at a time.
+void qk_scalar(const int8_t* q, int64_t ldq, const int8_t* k, int64_t groups, int64_t rows, int64_t cols, int32_t* c) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      int32_t sum = 0;
+      for (int64_t t = 0; t < 4 * groups; ++t) sum += q[i * ldq + t] * k[((t >> 2) * cols + j) * 4 + (t & 3)];
+      c[i * cols + j] = sum;
+    }
+}
+
+// i-softmax of one row of scores x (as the AVX-512 softmax_row, 8 lanes at a time), into int16 probabilities, 0
+// past n. x, mask (clipped to +-kClip), ex (scratch) and out hold n rounded up to 8.
+void softmax_row(const int32_t* __restrict x, const int32_t* __restrict mask, int64_t n, const int32_t* prm,
+                 int out_bits, int32_t* __restrict ex, int16_t* __restrict out) {
+  const int32_t x0 = prm[0], shift = prm[3];
+  const __m128i r = _mm_cvtsi32_si128(prm[4]);
+  const __m256i clip = _mm256_set1_epi32(kClip), nclip = _mm256_set1_epi32(-kClip), lowest = _mm256_set1_epi32(INT32_MIN);
+  __m256i top_v = lowest;
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i y = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j)), nclip), clip),
+                                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(mask + j)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ex + j), y);
+    top_v = _mm256_max_epi32(top_v, _mm256_blendv_epi8(lowest, y, below(j, n)));
+  }
+  const int32_t top = reduce_max(top_v);
+  const __m256i low = _mm256_set1_epi32(std::max(top, -kClip) - kClip), top8 = _mm256_set1_epi32(top);  // no underflow
+  const __m256i zmin = _mm256_set1_epi32(kMaxZ * x0), vx0 = _mm256_set1_epi32(x0), one = _mm256_set1_epi32(1);
+  const __m256i b = _mm256_set1_epi32(prm[1]), c = _mm256_set1_epi32(prm[2]), zshift = _mm256_set1_epi32(shift);
+  const __m256i inv = _mm256_set1_epi64x(0xffffffffu / (uint32_t)(-x0)), max_shift = _mm256_set1_epi32(31);
+  __m256i sum = _mm256_setzero_si256();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i d = _mm256_max_epi32(
+        _mm256_sra_epi32(_mm256_sub_epi32(_mm256_max_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ex + j)), low), top8), r), zmin);
+    // z = d // x0 in [0, 30] (floor_div_small): |d| * floor((2**32 - 1) / |x0|) / 2**32 is z or z - 1
+    const __m256i nd = _mm256_sub_epi32(_mm256_setzero_si256(), d);
+    __m256i z = _mm256_blend_epi32(_mm256_srli_epi64(_mm256_mul_epu32(nd, inv), 32),
+                                   _mm256_mul_epu32(odd_lanes(nd), inv), 0xaa);
+    __m256i zx = _mm256_mullo_epi32(z, vx0);
+    const __m256i up = _mm256_xor_si256(_mm256_cmpgt_epi32(d, _mm256_add_epi32(zx, vx0)), _mm256_set1_epi32(-1));
+    z = _mm256_add_epi32(z, _mm256_and_si256(up, one));
+    zx = _mm256_add_epi32(zx, _mm256_and_si256(up, vx0));
+    const __m256i p = _mm256_sub_epi32(d, zx);
+    const __m256i e = _mm256_srav_epi32(_mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(p, b), p), c),
+                                        _mm256_min_epi32(_mm256_add_epi32(z, zshift), max_shift));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ex + j), e);
+    sum = _mm256_add_epi32(sum, _mm256_and_si256(e, below(j, n)));
+  }
+  const int32_t total = reduce_add(sum);  // > 0 for params from softmax_params
+  TORCH_CHECK_VALUE(total > 0, "attention: a row's exps sum to ", total, ": params are not from softmax_params");
+  const __m256i factor = _mm256_set1_epi32(INT32_MAX / total);
+  const __m256i top_p = _mm256_set1_epi32((1 << out_bits) - 1);
+  const __m128i down = _mm_cvtsi32_si128(30 - out_bits);
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i q = _mm256_sra_epi32(_mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ex + j)), factor), down);
+    const __m256i v = _mm256_and_si256(_mm256_min_epi32(_mm256_srai_epi32(_mm256_add_epi32(q, one), 1), top_p), below(j, n));
+    const __m256i v16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(v, v), 0x08);  // 0..255: packs exactly
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_castsi256_si128(v16));
+  }
+}
+
+// round(acc * m / 2**e) clamped to +-qmax, for one head's [S, d] context (row strides dp in, H out).
+void requantize_head(const int32_t* __restrict acc, int64_t S, int64_t d, int64_t dp, int64_t m, int64_t e,
+                     int64_t qmax, int8_t* __restrict out, int64_t H) {
+  const __m256i mv = _mm256_set1_epi64x(m), half = _mm256_set1_epi64x(half_of(e)), ev = _mm256_set1_epi64x(e);
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t k = 0; k < d; k += 8) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + i * dp + k));
+      const __m256i v = join_clamp(rshift_round(x, mv, half, ev), rshift_round(odd_lanes(x), mv, half, ev), qmax);
+      store8(out + i * H + k, v, std::min<int64_t>(8, d - k));
+    }
+}
+
+IBERT_AVX2_END
+
+}  // namespace avx2
 
 // qkv: [B*S, 3*heads*d] int8 (per token: q, k, v, each [heads, d]); mask: [B, S] int32 or empty; params: [5]
 // int64 (softmax_params); m_t, e_t: [1] int32 dyadic multiplier of the context; head_mask: [heads] uint8 or
@@ -220,7 +365,7 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
   }
   ibert::check_range(op, "softmax_bits", softmax_bits, 2, 8);
   ibert::check_range(op, "qmax", qmax, 1, 127);
-  ibert::require_simd(op);
+  const ibert::Isa isa = ibert::require_simd(op, ibert::Isa::kAvx2);
   const int64_t Sp = round_up(S, 16), dp = round_up(d, 16);
   auto ctx = torch::empty({tokens, H}, qkv.options());
   auto probs = torch::empty(want_probs ? std::vector<int64_t>{batch, heads, S, S} : std::vector<int64_t>{0},
@@ -236,6 +381,35 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
   uint8_t* pout = want_probs ? probs.data_ptr<uint8_t>() : nullptr;
   const int bits = (int)softmax_bits;
 
+  if (isa == ibert::Isa::kAvx2) {
+    at::parallel_for(0, batch * heads, 1, [=](int64_t begin, int64_t end) {
+      std::vector<int8_t> q(Sp * dp), kp(Sp * dp);
+      std::vector<int16_t> vp(Sp * dp), p(Sp * Sp);
+      std::vector<int32_t> scores(Sp * Sp), ex(Sp), acc(Sp * dp), mrow(Sp, 0);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / heads, h = task % heads;
+        const bool any_int8 = avx2::pack_head(src + bi * S * 3 * H + h * d, 3 * H, H, S, d, Sp, dp, q.data(),
+                                              kp.data(), vp.data());
+        if (any_int8) {
+          avx2::qk_scalar(q.data(), dp, kp.data(), dp / 4, Sp, Sp, scores.data());
+        } else {
+          avx2::dot(q.data(), dp, kp.data(), dp / 4, Sp, Sp, scores.data(), avx2::QkProducts{});
+        }
+        std::fill(p.begin(), p.end(), 0);
+        if (mk)
+          for (int64_t j = 0; j < S; ++j) mrow[j] = std::min(std::max(mk[bi * S + j], -kClip), kClip);
+        if (!hm || hm[h])
+          for (int64_t i = 0; i < S; ++i)
+            avx2::softmax_row(scores.data() + i * Sp, mrow.data(), S, prm, bits, ex.data(), p.data() + i * Sp);
+        if (pout)
+          for (int64_t i = 0; i < S; ++i)
+            for (int64_t j = 0; j < S; ++j) pout[(task * S + i) * S + j] = uint8_t(p[i * Sp + j]);
+        avx2::dot(p.data(), 2 * Sp, vp.data(), Sp / 2, Sp, dp, acc.data(), avx2::PvProducts{});
+        avx2::requantize_head(acc.data(), S, d, dp, m, e, qmax, out + bi * S * H + h * d, H);
+      }
+    });
+    return {ctx, probs};
+  }
   at::parallel_for(0, batch * heads, 1, [=](int64_t begin, int64_t end) {
     std::vector<uint8_t> q(Sp * dp), p(Sp * Sp);
     std::vector<int8_t> kp(Sp * dp), vp(Sp * dp);

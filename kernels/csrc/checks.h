@@ -35,8 +35,7 @@ void check_softmax_params(const char* op, const char* name, const torch::Tensor&
 // int64 [5] i-GELU constants (gelu_params) that fit int32, with shifts below 32.
 void check_gelu_params(const char* op, const char* name, const torch::Tensor& params);
 
-// The instruction sets the kernels are compiled for (simd.h), in order: every op has an AVX-512 VNNI kernel, linear
-// also an AVX2 one.
+// The instruction sets the kernels are compiled for (simd.h), in order; every op has a kernel for each.
 enum class Isa { kNone, kAvx2, kAvx512Vnni };
 
 const char* isa_name(Isa isa);
@@ -46,6 +45,6 @@ const char* isa_name(Isa isa);
 Isa simd_isa();
 
 // simd_isa(), or an error unless it is at least `need`, naming the CPU features missing.
-Isa require_simd(const char* op, Isa need = Isa::kAvx512Vnni);
+Isa require_simd(const char* op, Isa need);
 
 }  // namespace ibert

@@ -186,30 +186,11 @@ IBERT_SIMD_END
 // those into int32. With |w| as the uint8 operand and a sign(w) as the int8 one, each product is a . w and a pair
 // sum at most 2 x 128 x 127 = 32512: nothing saturates, provided a holds no -128 (-a must fit int8). Activations
 // that do hold it (only possible from a caller of the op: requantized ones are within +-127) take a scalar loop.
-namespace avx2 {
+}  // namespace
+
+namespace avx2 {  // beside simd.h's AVX2 helpers
 
 IBERT_AVX2_BEGIN
-
-inline __m256i odd_lanes(__m256i x) { return _mm256_srli_epi64(x, 32); }
-
-// (x * m + half) >> e in int64 lanes, x and m the low int32 halves of the lanes. AVX2 shifts int64 lanes only
-// logically: with u = v + 2**63 (as unsigned), v >> e = (u >> e) - 2**(63 - e).
-inline __m256i rshift_round(__m256i x, __m256i m, __m256i half, __m256i e) {
-  const __m256i top = _mm256_set1_epi64x(INT64_MIN);
-  const __m256i v = _mm256_add_epi64(_mm256_mul_epi32(x, m), half);
-  return _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(v, top), e), _mm256_srlv_epi64(top, e));
-}
-
-inline __m256i clamp64(__m256i v, __m256i lo, __m256i hi) {
-  v = _mm256_blendv_epi8(v, lo, _mm256_cmpgt_epi64(lo, v));
-  return _mm256_blendv_epi8(v, hi, _mm256_cmpgt_epi64(v, hi));
-}
-
-// The even and odd lanes' int64 results, clamped to +-qmax, back in 8 int32 lanes.
-inline __m256i join_clamp(__m256i even, __m256i odd, int64_t qmax) {
-  const __m256i hi = _mm256_set1_epi64x(qmax), lo = _mm256_set1_epi64x(-qmax);
-  return _mm256_blend_epi32(clamp64(even, lo, hi), _mm256_slli_epi64(clamp64(odd, lo, hi), 32), 0xaa);
-}
 
 // i-GELU of 8 int32 lanes within +-32767, as gelu16 above.
 inline __m256i gelu8(__m256i q, const Epilogue& ep) {
@@ -219,32 +200,6 @@ inline __m256i gelu8(__m256i q, const Epilogue& ep) {
   const __m256i s = _mm256_sign_epi32(_mm256_sub_epi32(_mm256_set1_epi32(ep.c), _mm256_mullo_epi32(t, t)), q);
   const __m256i erf = _mm256_srav_epi32(s, _mm256_set1_epi32(ep.k));
   return _mm256_mullo_epi32(q, _mm256_add_epi32(erf, _mm256_set1_epi32(ep.one)));
-}
-
-// n <= 8 values as 8 int32 lanes (0 past n), and 8 lanes stored to n values (the int8 ones within int8).
-inline __m256i load8(const int32_t* p, int64_t n) {
-  if (n == 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  alignas(32) int32_t t[8] = {};
-  std::memcpy(t, p, 4 * n);
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
-}
-inline __m256i load8(const int8_t* p, int64_t n) {
-  int64_t v = 0;
-  std::memcpy(&v, p, n);
-  return _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(v));
-}
-inline void store8(int32_t* p, __m256i v, int64_t n) {
-  if (n == 8) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  alignas(32) int32_t t[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
-  std::memcpy(p, t, 4 * n);
-}
-inline void store8(int8_t* p, __m256i v, int64_t n) {
-  const __m256i low_bytes = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-      -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
-  const __m256i joined = _mm256_permutevar8x32_epi32(low_bytes, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-  const int64_t bytes = _mm_cvtsi128_si64(_mm256_castsi256_si128(joined));
-  std::memcpy(p, &bytes, n);
 }
 
 // One 8-channel column's requantization constants (m, e padded to a whole panel).
@@ -369,6 +324,8 @@ void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, b
 }
 
 }  // namespace avx2
+
+namespace {
 
 std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) {
   std::vector<int32_t> out(np, 0);

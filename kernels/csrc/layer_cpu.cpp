@@ -110,7 +110,7 @@ std::tuple<torch::Tensor, torch::Tensor> encoder_layer(const torch::Tensor& x, c
   const Buffers buf{w};
   check_buffers(buf, packed, H);
   if (mask.numel()) ibert::check_shape(op, "mask", mask, torch::kInt32, {B, S});
-  ibert::require_simd(op);
+  ibert::require_simd(op, ibert::Isa::kAvx2);
   const auto none = torch::empty({0}, x.options().dtype(torch::kInt32));
   const auto no_gelu = torch::empty({0}, x.options().dtype(torch::kInt64));
   const auto x2 = x.reshape({B * S, H});

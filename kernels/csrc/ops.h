@@ -1,4 +1,4 @@
-// The CPU kernels (x86: AVX-512 VNNI; linear also AVX2) that kernels._cpu builds into one extension module. Each checks its
+// The CPU kernels (x86: AVX-512 VNNI or AVX2) that kernels._cpu builds into one extension module. Each checks its
 // arguments (checks.h) before it runs.
 #pragma once
 #include <torch/extension.h>
