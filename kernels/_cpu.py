@@ -48,7 +48,29 @@ def cpp_extension():
         warnings.warn(f"the C++ CPU kernels need AVX2 at least; this CPU lacks {', '.join(missing)}: the integer ops "
                       f"run the torch references (exact, slower; int8 products on the {cpu_gemm_route()!r} route)")
         return None
-    return cpp_build()
+    module = cpp_build()
+    if module is not None:
+        load_tuned_blockings(module)
+    return module
+
+
+def load_tuned_blockings(module) -> None:
+    """Give the C++ linear kernel this CPU's tuned blockings (`tuning.cpu_tuned_linear`); one the kernel rejects
+    (rows beyond its ISA's) drops that ISA's entries, with a warning."""
+    from kernels.tuning import cpu_blocking_args, cpu_tuned_linear, cpu_tuned_path
+
+    for isa, entries in cpu_tuned_linear().items():
+        try:
+            module.set_linear_blocking(isa, [[*size, *cpu_blocking_args(cfg)] for size, cfg in entries.items()])
+        except ValueError as exc:
+            warnings.warn(f"ignoring the {isa} blockings of {cpu_tuned_path()}: {exc}")
+
+
+def linear_blocking(M: int, N: int, K: int) -> dict:
+    """The blocking the C++ linear kernel takes here for a [M, K] x [N, K] product: {rows, tiles, order}."""
+    from kernels.tuning import cpu_blocking_of
+
+    return cpu_blocking_of(cpp_ops().linear_blocking(M, N, K))
 
 
 @functools.lru_cache(maxsize=None)

@@ -29,7 +29,7 @@ from kernels._utils import (
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
 from kernels.gelu import gelu_epilogue, gelu_reference
 from kernels.requant import requant_epilogue, requantize_reference
-from kernels.tuning import gemm_config, validate_config
+from kernels.tuning import cpu_blocking_args, gemm_config, validate_config
 
 
 @triton.jit
@@ -278,21 +278,23 @@ def _(b):
 @torch.library.custom_op("ibert::linear_cpp", mutates_args=())
 def _linear_cpp_op(a: torch.Tensor, packed: torch.Tensor, N: int, bias: torch.Tensor, m: torch.Tensor,
                    e: torch.Tensor, qmax_: int, residual: torch.Tensor, m_res: torch.Tensor, e_res: torch.Tensor,
-                   gelu: torch.Tensor, m2: torch.Tensor, e2: torch.Tensor, bits: int) -> torch.Tensor:
+                   gelu: torch.Tensor, m2: torch.Tensor, e2: torch.Tensor, bits: int,
+                   blocking: list[int]) -> torch.Tensor:
     """The C++ kernel as a registered op (traceable, seen by dispatch modes). a: [M, K] int8 with K a multiple of
     4; packed: the panels of a weight [N, K'], K' <= K (the rest counts as zero); empty bias / residual / gelu mean
-    none. Returns [M, N], `bits`-bit."""
-    return cpp_ops().linear(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits)
+    none; blocking: [rows, tiles, panel_major], or empty for the tuned one. Returns [M, N], `bits`-bit."""
+    return cpp_ops().linear(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits, blocking)
 
 
 @_linear_cpp_op.register_fake
-def _(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits):
+def _(a, packed, N, bias, m, e, qmax_, residual, m_res, e_res, gelu, m2, e2, bits, blocking):
     return a.new_empty((a.shape[0], N), dtype=out_dtype(bits))
 
 
-def _linear_cpp(a, b, packed, bias, m, e, bits, residual=None, m_res=None, e_res=None, gelu=None):
+def _linear_cpp(a, b, packed, bias, m, e, bits, residual=None, m_res=None, e_res=None, gelu=None, config=None):
     """a [M, K] int8, b [N, K] int8 (packed: its panels, or None) -> requantized [M, N]. gelu: (params, m2, e2,
-    bits2): m, e then take the accumulator to `bits` (the i-GELU input) and (m2, e2) the i-GELU output to bits2."""
+    bits2): m, e then take the accumulator to `bits` (the i-GELU input) and (m2, e2) the i-GELU output to bits2.
+    config: a C++ blocking (`tuning.validate_cpu_blocking`), or None for the tuned one."""
     if a.shape[1] % 4:  # the kernel reads activations four at a time; the packed weight is zero there
         a = F.pad(a, (0, 4 - a.shape[1] % 4))
     none32 = a.new_empty(0, dtype=torch.int32)
@@ -302,7 +304,7 @@ def _linear_cpp(a, b, packed, bias, m, e, bits, residual=None, m_res=None, e_res
         none32 if bias is None else bias, m.reshape(-1), e.reshape(-1), qmax(bits),
         none32 if residual is None else residual.contiguous(), none32 if residual is None else m_res.reshape(-1),
         none32 if residual is None else e_res.reshape(-1), g.reshape(-1).contiguous(), m2.reshape(-1),
-        e2.reshape(-1), out_bits)
+        e2.reshape(-1), out_bits, [] if config is None else cpu_blocking_args(config))
 
 
 def _check_epilogue(n, bias, m, e, bits, residual, m_res, e_res, out_shape):
@@ -355,7 +357,8 @@ def int8_matmul(
     int8 for bits <= 8 else int32; without them the output is the int32 accumulator (+ bias).
     residual: [M, N] int8/int32, added with its own per-tensor multiplier (m_res, e_res).
     backend: "auto", "triton", "torch" or "cpp" (the C++ kernel; without m, e the int32 products run the reference).
-    config: Triton tile configuration (BLOCK_M/N/K, GROUP_M, num_warps, num_stages); default from `tuning`.
+    config: the tile configuration of the kernel that runs, default from `tuning`: Triton's (BLOCK_M/N/K, GROUP_M,
+    num_warps, num_stages) or the C++ kernel's blocking (rows, tiles, order).
     """
     check_tensor("a", a, (torch.int8,), 2)
     b, panels, b_t_fp32 = _linear_weight(a, b)
@@ -364,7 +367,7 @@ def int8_matmul(
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
     backend = resolve_cpu_backend(backend, a)
     if backend == "cpp" and m is not None and a.numel() and b.numel():
-        return _linear_cpp(a, b, panels, bias, m, e, bits, residual, m_res, e_res)
+        return _linear_cpp(a, b, panels, bias, m, e, bits, residual, m_res, e_res, config=config)
     if backend != "triton":
         return _epilogue_torch(_matmul_reference(a, b, b_t_fp32), bias, m, e, bits, residual, m_res, e_res)
     if residual is not None and not residual.is_contiguous():
@@ -403,7 +406,8 @@ def int8_matmul_gelu(
     a: [M, K] int8; b: [N, K] int8 or its `pack_weight(b)`; bias: [N] int32; m, e: [1] or [N] int32 to `mid_bits` (<= 16) bits;
     gelu_params: int64 [5, 1] from `gelu_params(mid scale)` (per tensor); m_out, e_out: [1] int32 taking
     the i-GELU output (scale from `gelu_params`) to `bits` bits. Returns [M, N], int8 for bits <= 8.
-    Equals `gelu(int8_matmul(a, b, bias, m, e, mid_bits), gelu_params, m_out, e_out, bits)`.
+    Equals `gelu(int8_matmul(a, b, bias, m, e, mid_bits), gelu_params, m_out, e_out, bits)`. config: as
+    `int8_matmul`'s.
     """
     check_tensor("a", a, (torch.int8,), 2)
     b, panels, b_t_fp32 = _linear_weight(a, b)
@@ -418,7 +422,7 @@ def int8_matmul_gelu(
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, gelu_params=gelu_params, m_out=m_out, e_out=e_out)
     backend = resolve_cpu_backend(backend, a)
     if backend == "cpp" and a.numel() and b.numel():
-        return _linear_cpp(a, b, panels, bias, m, e, mid_bits, gelu=(gelu_params, m_out, e_out, bits))
+        return _linear_cpp(a, b, panels, bias, m, e, mid_bits, gelu=(gelu_params, m_out, e_out, bits), config=config)
     if backend != "triton":
         return _gelu_epilogue_torch(_matmul_reference(a, b, b_t_fp32), bias, m, e, mid_bits, gelu_params, m_out, e_out, bits)
     gelu = (gelu_params.contiguous(), m_out, e_out, bits)

@@ -1,4 +1,5 @@
-"""Launch configurations for the Triton kernels: defaults per architecture, tuned ones when present.
+"""Launch configurations for the Triton kernels (defaults per architecture, tuned ones when present), and the C++
+CPU kernels' blocking (tuned per CPU).
 
 Tuned configurations come from `scripts/autotune.py` on a GPU and live in `kernels/tuned/<arch>.json`
 (or the file named by $IBERT_TUNED_CONFIGS):
@@ -11,6 +12,15 @@ Tuned configurations come from `scripts/autotune.py` on a GPU and live in `kerne
 Every section is optional. A GEMM shape without an entry takes the entry of the same (N, K) with the nearest
 M; a row kernel's size without an entry takes the nearest size's; else the default. A malformed file is
 reported with a warning and ignored.
+
+The C++ linear kernel's blocking comes from `scripts/autotune.py --kernels cpu_linear` on the CPU it runs on and
+lives in `kernels/tuned/cpu-<vendor>-<family>-<model>.json` (or the file named by $IBERT_CPU_TUNED):
+
+    {"cpu": "<model name>", "linear": {"<isa>": {"<M>,<N>,<K>": {rows, tiles, order}}}}
+
+rows: per micro-tile (1 .. 6 on avx512_vnni, 1 .. 5 on avx2); tiles: micro-tiles per block of rows; order: how the
+threads take the (block, panel) units, "blocks" (a block's panels in a row) or "panels" (a panel's blocks in a
+row). A shape without an entry takes the entry of the same (N, K) with the nearest M, else the default.
 """
 from __future__ import annotations
 
@@ -29,6 +39,8 @@ ROW_KERNEL_KEYS = {"softmax": ("num_warps",), "layernorm": ("num_warps",),
                    "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps"),
                    "attention": ("BLOCK_M", "num_warps")}
 TUNED_DIR = Path(__file__).parent / "tuned"
+CPU_BLOCKING_KEYS = ("rows", "tiles", "order")
+CPU_ORDERS = ("blocks", "panels")
 
 # int8 tl.dot needs BLOCK_K >= 32 on NVIDIA. The int64 requantizing epilogue is register-hungry: in the sweep
 # without a GPU (benchmarks/autotune/gemm_aot.md) 64x128x64 with 8 warps is the largest tile that compiles
@@ -116,12 +128,17 @@ def parse_tuned(text: str) -> dict[str, dict[tuple[int, ...], dict]]:
 def tuned_configs(arch: str) -> dict[str, dict[tuple[int, ...], dict]]:
     """The tuned configs for an architecture ({} when there are none or the file is malformed)."""
     path = Path(os.environ.get("IBERT_TUNED_CONFIGS") or TUNED_DIR / f"{arch}.json")
+    return _read_tuned(path, parse_tuned, "tuned-config file", "configurations")
+
+
+def _read_tuned(path: Path, parse, what: str, defaults: str) -> dict:
+    """parse(the file's text); {} when there is no file, or with a warning when it is malformed."""
     if not path.is_file():
         return {}
     try:
-        return parse_tuned(path.read_text())
+        return parse(path.read_text())
     except (ValueError, json.JSONDecodeError) as exc:
-        warnings.warn(f"ignoring malformed tuned-config file {path} ({exc}); using the default configurations")
+        warnings.warn(f"ignoring malformed {what} {path} ({exc}); using the default {defaults}")
         return {}
 
 
@@ -162,3 +179,80 @@ def row_config(kernel: str, n: int, device: torch.device) -> dict:
     if kernel == "attention":  # [BLOCK_M, S] int32 scores per program; from the AOT sweep (benchmarks/autotune)
         return dict(BLOCK_M=32 if n <= 256 else 16, num_warps=8 if n <= 128 else 16)
     return dict(num_warps=4 if n <= 2048 else 8)
+
+
+def validate_cpu_blocking(cfg: object) -> dict:
+    """A C++ linear blocking: exactly CPU_BLOCKING_KEYS, rows and tiles positive ints (the kernel bounds rows by
+    its ISA's), order one of CPU_ORDERS."""
+    if not isinstance(cfg, dict) or set(cfg) != set(CPU_BLOCKING_KEYS):
+        raise ValueError(f"a C++ linear blocking needs exactly the keys {CPU_BLOCKING_KEYS}, got {cfg!r}")
+    for key in ("rows", "tiles"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or not 1 <= cfg[key] <= 4096:
+            raise ValueError(f"bad value {key}={cfg[key]!r} in a C++ linear blocking: a positive int expected")
+    if cfg["order"] not in CPU_ORDERS:
+        raise ValueError(f"bad order {cfg['order']!r} in a C++ linear blocking: expected one of {CPU_ORDERS}")
+    return cfg
+
+
+def cpu_blocking_args(cfg: dict) -> list[int]:
+    """A blocking as the C++ kernel takes it: [rows, tiles, panel_major]."""
+    validate_cpu_blocking(cfg)
+    return [cfg["rows"], cfg["tiles"], int(cfg["order"] == "panels")]
+
+
+def cpu_blocking_of(args: list[int]) -> dict:
+    """The inverse of `cpu_blocking_args`."""
+    rows, tiles, panel_major = args
+    return dict(rows=rows, tiles=tiles, order=CPU_ORDERS[panel_major])
+
+
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_id() -> str:
+    """This CPU's key for its tuned file: '<vendor>-<family>-<model>' (from /proc/cpuinfo; else the platform's
+    processor string)."""
+    info = _cpuinfo()
+    if "vendor_id" in info:
+        return "-".join(info.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+    import platform
+
+    return "".join(c if c.isalnum() else "-" for c in platform.processor() or platform.machine()) or "unknown"
+
+
+def cpu_name() -> str:
+    """This CPU's model name and key, e.g. 'AMD EPYC (AuthenticAMD-25-1)'."""
+    return f"{_cpuinfo().get('model name', 'unknown CPU')} ({cpu_id()})"
+
+
+def cpu_tuned_path() -> Path:
+    return Path(os.environ.get("IBERT_CPU_TUNED") or TUNED_DIR / f"cpu-{cpu_id()}.json")
+
+
+def parse_cpu_tuned(text: str) -> dict[str, dict[tuple[int, int, int], dict]]:
+    """{isa: {(M, N, K): blocking}} from a CPU tuned file's text; ValueError naming the problem otherwise."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("linear", {}), dict):
+        raise ValueError('expected a JSON object {"cpu": name, "linear": {"<isa>": {"M,N,K": blocking}}}')
+    unknown = set(data) - {"cpu", "linear"}
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}: expected 'cpu' and 'linear'")
+    out = {}
+    for isa, entries in data.get("linear", {}).items():
+        if isa not in ("avx512_vnni", "avx2"):
+            raise ValueError(f"unknown ISA {isa!r}: expected avx512_vnni or avx2")
+        if not isinstance(entries, dict):
+            raise ValueError(f'"linear"."{isa}" must map sizes to blockings')
+        out[isa] = {_size_key(k, 3): validate_cpu_blocking(c) for k, c in entries.items()}
+    return out
+
+
+def cpu_tuned_linear() -> dict[str, dict[tuple[int, int, int], dict]]:
+    """This CPU's tuned blockings ({} when there are none or the file is malformed, with a warning)."""
+    return _read_tuned(cpu_tuned_path(), parse_cpu_tuned, "CPU tuned file", "blockings")

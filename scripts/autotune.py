@@ -9,7 +9,13 @@ ahead of time for sm_80 and sm_90, with registers, spills and shared memory from
 spill, exceed shared memory or fail to compile are flagged.
 Output per kernel: a markdown table, a CSV and heatmap PNGs (registers, spills) under --out.
 
-    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize attention] [--quick]
+The C++ CPU linear kernel (`cpu_linear`, on any machine): its blocking (rows per micro-tile, micro-tiles per block,
+the order the threads take the work in) on each instruction set this CPU has, over the MiniLM and BERT-base linear
+layers at 1 x 128 and 8 x 128 tokens. Every blocking is checked against the torch reference (exactly), then timed
+in interleaved rounds; the best per shape goes to kernels/tuned/cpu-<vendor>-<family>-<model>.json, which
+`kernels._cpu` loads. Time it on an otherwise idle machine.
+
+    python scripts/autotune.py [--kernels gemm softmax layernorm gelu requantize attention cpu_linear] [--quick]
                                [--out DIR]
 """
 from __future__ import annotations
@@ -32,6 +38,10 @@ ROW_SIZES = {"softmax": (128, 256), "layernorm": (768, 1024), "gelu": (3072, 409
 KERNELS = ("gemm", *ROW_SIZES)
 BASE_NK = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # (N, K): fused QKV, attn-out, FFN-in, FFN-out
 LARGE_NK = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
+CPU_KERNELS = ("cpu_linear",)
+CPU_MAX_ROWS = {"avx512_vnni": 6, "avx2": 5}  # gemm_cpu.cpp's kMR per ISA
+CPU_NK = [(1152, 384), (384, 384), (1536, 384), (384, 1536), *BASE_NK]  # MiniLM's four linear layers, base's
+CPU_TOKENS = (128, 1024)  # 1 x 128 and 8 x 128
 
 
 def sweep_configs(quick: bool = False) -> list[dict]:
@@ -260,6 +270,113 @@ def gpu_row_sweep(kernel: str, configs: list[dict], device: str = "cuda", bench=
     return rows, best
 
 
+def cpu_blocking_space(isa: str, quick: bool = False) -> list[dict]:
+    """The C++ linear kernel's blockings on `isa`."""
+    top = CPU_MAX_ROWS[isa]
+    rows = (top - 2, top - 1, top) if quick else range(1, top + 1)
+    tiles = (4, 16, 64) if quick else (2, 4, 8, 16, 32, 64)
+    return [dict(rows=r, tiles=t, order=o) for r in rows for t in tiles for o in ("blocks", "panels")]
+
+
+def cpu_blocking_name(cfg: dict) -> str:
+    return f"r{cfg['rows']} t{cfg['tiles']} {cfg['order']}"
+
+
+def cpu_linear_sweep(isa: str, configs: list[dict], sizes: list[tuple[int, int, int]], timer=None,
+                     rounds: int = 5) -> tuple[list[dict], dict]:
+    """Check every blocking exactly, then time the exact ones in `rounds` interleaved rounds (timer: {name: fn} ->
+    {name: [ms]}, default `_bench.interleaved`), per [M, K] x [N, K] size on `isa` (IBERT_CPU_ISA is set for
+    the sweep). Returns rows and {"M,N,K": best blocking}."""
+    import statistics
+
+    import torch
+
+    import kernels
+
+    if timer is None:
+        from ibert.scripts._bench import interleaved
+
+        timer = lambda fns: interleaved(fns, "cpu", rounds=rounds, warm_ms=20.0)
+    previous = os.environ.get("IBERT_CPU_ISA")
+    os.environ["IBERT_CPU_ISA"] = isa
+    rows, best = [], {}
+    try:
+        for M, N, K in sizes:
+            g = torch.Generator().manual_seed(M + N + K)
+            a = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)  # requantized activations
+            b = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
+            bias = torch.randint(-5000, 5000, (N,), generator=g, dtype=torch.int32)
+            m, e = kernels.dyadic(torch.rand(N, generator=g, dtype=torch.float64) * 1e-3)
+            packed = kernels.pack_weight(b)
+            ref = kernels.int8_matmul(a, b, bias, m, e, 8, backend="torch")
+            run = lambda cfg: kernels.int8_matmul(a, packed, bias, m, e, 8, backend="cpp", config=cfg)
+            shape, exact = f"{M},{N},{K}", {}
+            for cfg in configs:
+                if torch.equal(run(cfg), ref):
+                    exact[cpu_blocking_name(cfg)] = cfg
+                else:
+                    rows.append({"isa": isa, "shape": shape, "config": cpu_blocking_name(cfg), "ms": "",
+                                 "error": "WRONG RESULT"})
+            if not exact:
+                continue
+            times = timer({name: (lambda cfg=cfg: run(cfg)) for name, cfg in exact.items()})
+            ms = {name: statistics.median(t) for name, t in times.items()}
+            fastest = min(ms, key=ms.get)
+            for name, t in ms.items():
+                rows.append({"isa": isa, "shape": shape, "target": f"{M}x{N}x{K}", "config": name, "ms": f"{t:.4f}",
+                             "GMACs": f"{M * N * K / t / 1e6:.1f}", "vs_best": f"{t / ms[fastest]:.3f}", "error": ""})
+            best[shape] = exact[fastest]
+            print(f"{isa} M={M} N={N} K={K}: best {fastest} {ms[fastest]:.3f} ms ({M * N * K / ms[fastest] / 1e6:.1f} G "
+                  f"MAC/s); default {ms.get(cpu_blocking_name(dict(rows=CPU_MAX_ROWS[isa], tiles=16, order='blocks')), float('nan')):.3f} ms",
+                  flush=True)
+    finally:
+        if previous is None:
+            os.environ.pop("IBERT_CPU_ISA", None)
+        else:
+            os.environ["IBERT_CPU_ISA"] = previous
+    return rows, best
+
+
+def cpu_tune(quick: bool, out: Path) -> None:
+    """The C++ linear sweep on every ISA this CPU has: CSV, heatmap (time / the shape's best), tuned file."""
+    from kernels._cpu import _cpu_flags, cpp_extension, load_tuned_blockings
+    from kernels.tuning import cpu_id, cpu_name, cpu_tuned_path
+
+    module = cpp_extension()
+    if module is None:
+        raise SystemExit("cpu_linear: the C++ kernels do not run on this CPU (AVX2 at least)")
+    flags = _cpu_flags()
+    isas = [isa for isa, need in (("avx512_vnni", "avx512_vnni"), ("avx2", "avx2")) if need in flags]
+    sizes = [(M, N, K) for M in CPU_TOKENS for N, K in (CPU_NK[:4] if quick else CPU_NK)]
+    best, rows = {}, []
+    for isa in isas:
+        isa_rows, best[isa] = cpu_linear_sweep(isa, cpu_blocking_space(isa, quick), sizes)
+        rows += isa_rows
+        heatmap([r for r in isa_rows if not r["error"]], "vs_best", out / f"cpu_linear_{isa}.png",
+                f"C++ linear on {isa}, {cpu_name()}: time / the shape's best")
+    write_csv(rows, out / f"cpu_linear_{cpu_id()}.csv")
+    path = cpu_tuned_path()
+    save_cpu_tuned(best, path, cpu_name())
+    load_tuned_blockings(module)
+    print(f"tuned blockings for {cpu_name()}: {path}")
+
+
+def save_cpu_tuned(best: dict[str, dict[str, dict]], path: Path, cpu: str) -> None:
+    """Merge {isa: {"M,N,K": blocking}} into the CPU tuned file at `path` (atomically), after checking that
+    `kernels.tuning` reads it back."""
+    from ibert.atomic import write_file
+    from kernels.tuning import parse_cpu_tuned
+
+    tuned = json.loads(path.read_text()) if path.is_file() else {}
+    tuned["cpu"] = cpu
+    for isa, entries in best.items():
+        tuned.setdefault("linear", {}).setdefault(isa, {}).update(entries)
+    text = json.dumps(tuned, indent=1, sort_keys=True)
+    parse_cpu_tuned(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def cpu_report(kernel: str, configs: list[dict], out: Path) -> None:
     """Interpreter check and sm_80/sm_90 compile of every config: CSV, markdown table, heatmaps."""
     print(f"{kernel}: checking {len(configs)} configurations through the interpreter, then compiling for sm80/sm90")
@@ -329,7 +446,7 @@ def save_tuned(best: dict[str, dict], path: Path, device_name: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    p.add_argument("--kernels", nargs="+", choices=KERNELS + CPU_KERNELS, default=list(KERNELS))
     p.add_argument("--quick", action="store_true", help="smaller configuration spaces (and fewer GEMM shapes on a GPU)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "autotune"))
     args = p.parse_args()
@@ -337,6 +454,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
+    if "cpu_linear" in args.kernels:
+        cpu_tune(args.quick, out)
+        args.kernels = [k for k in args.kernels if k != "cpu_linear"]
+    if not args.kernels:
+        return
     if not torch.cuda.is_available():
         for kernel in args.kernels:
             cpu_report(kernel, kernel_configs(kernel, args.quick), out)

@@ -1,6 +1,7 @@
 """The C++ CPU kernels (`kernels/csrc`): the int8 linear layers with fused epilogues and i-LayerNorm equal the torch
 reference exactly, on each instruction set this CPU has (cpp_isa); the sources hold no floating-point type. (The
 fused attention's tests are in test_attention.py.)"""
+import json
 import math
 import re
 
@@ -147,6 +148,94 @@ def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(cpp_isa):
     x = int8_matmul(a, packed, None, m, e, backend="cpp")
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="cpp"))
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
+
+
+MAX_ROWS = {"avx512_vnni": 6, "avx2": 5}
+
+
+@pytest.mark.cpp
+@pytest.mark.parametrize("tiles", [1, 2, 16])
+@pytest.mark.parametrize("order", ["blocks", "panels"])
+def test_every_blocking_is_exact(tiles, order, cpp_isa):
+    """Whatever the blocking (rows per micro-tile, tiles per block, order of the work), the same integers, on
+    shapes with tails of rows, blocks and panels, with the residual and the i-GELU epilogues."""
+    M, K, N = 61, 132, 200
+    a = randint(-127, 127, (M, K), torch.int8, seed=1)
+    b = kernels.pack_weight(randint(-128, 127, (N, K), torch.int8, seed=2))
+    bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=3)
+    m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0**-6 / math.sqrt(K))
+    res, (mr, er) = randint(-127, 127, (M, N), torch.int8, seed=4), dyadic(torch.tensor([0.6]))
+    params, s_out = gelu_params(torch.tensor(1e-3))
+    mo, eo = dyadic(s_out.double() / 0.02)
+    ref = int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="torch")
+    ref_gelu = int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="torch")
+    for rows in range(1, MAX_ROWS[cpp_isa] + 1):
+        cfg = dict(rows=rows, tiles=tiles, order=order)
+        assert torch.equal(int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="cpp", config=cfg), ref), cfg
+        assert torch.equal(int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="cpp", config=cfg),
+                           ref_gelu), cfg
+
+
+@pytest.mark.cpp
+@pytest.mark.parametrize("cfg,match", [
+    (dict(rows=0, tiles=16, order="blocks"), "positive int"),
+    (dict(rows=7, tiles=16, order="blocks"), "rows per micro-tile"),
+    (dict(rows=2, tiles=16, order="rows"), "bad order"),
+    (dict(rows=2, tiles=16), "exactly the keys"),
+    (dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=2), "exactly the keys"),
+])
+def test_bad_blocking_is_a_clear_error(cfg, match, cpp_isa):
+    a = randint(-127, 127, (4, 8), torch.int8)
+    m, e = dyadic(torch.tensor([1e-2]))
+    with pytest.raises(ValueError, match=match):
+        int8_matmul(a, a, None, m, e, backend="cpp", config=cfg)
+
+
+@pytest.fixture
+def cpu_tuned_file(tmp_path, monkeypatch):
+    """A CPU tuned file (IBERT_CPU_TUNED) that `load_tuned_blockings()` gives the kernels; this CPU's own is
+    loaded again afterwards."""
+    from kernels._cpu import cpp_ops, load_tuned_blockings
+
+    path = tmp_path / "cpu.json"
+    monkeypatch.setenv("IBERT_CPU_TUNED", str(path))
+    yield path
+    monkeypatch.delenv("IBERT_CPU_TUNED")
+    for isa in MAX_ROWS:
+        cpp_ops().set_linear_blocking(isa, [])
+    load_tuned_blockings(cpp_ops())
+
+
+@pytest.mark.cpp
+def test_tuned_blockings_load_and_take_the_nearest_m(cpu_tuned_file, cpp_isa):
+    from kernels._cpu import cpp_ops, linear_blocking, load_tuned_blockings
+
+    small, large = dict(rows=2, tiles=4, order="panels"), dict(rows=3, tiles=32, order="blocks")
+    cpu_tuned_file.write_text(json.dumps({"cpu": "test", "linear": {cpp_isa: {"128,64,32": small, "1024,64,32": large}}}))
+    load_tuned_blockings(cpp_ops())
+    assert linear_blocking(100, 64, 32) == small and linear_blocking(128, 64, 32) == small
+    assert linear_blocking(700, 64, 32) == large and linear_blocking(9000, 64, 32) == large
+    default = dict(rows=MAX_ROWS[cpp_isa], tiles=16, order="blocks")
+    assert linear_blocking(128, 64, 36) == default  # another (N, K)
+    a = randint(-127, 127, (100, 32), torch.int8)
+    w = randint(-128, 127, (64, 32), torch.int8, seed=1)
+    m, e = dyadic(torch.rand(64, dtype=torch.float64) * 1e-2)
+    assert torch.equal(int8_matmul(a, w, None, m, e, backend="cpp"), int8_matmul(a, w, None, m, e, backend="torch"))
+    cpu_tuned_file.write_text(json.dumps({"cpu": "test", "linear": {cpp_isa: {"128,64,32": dict(small, rows=7)}}}))
+    with pytest.warns(UserWarning, match=f"ignoring the {cpp_isa} blockings"):
+        load_tuned_blockings(cpp_ops())
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"linear": {"sse2": {}}}', '{"gemm": {}}',
+                                  '{"linear": {"avx2": {"1,2": {"rows": 1, "tiles": 1, "order": "blocks"}}}}',
+                                  '{"linear": {"avx2": {"1,2,3": {"rows": 1, "tiles": 0, "order": "blocks"}}}}'])
+def test_malformed_cpu_tuned_file_warns_and_is_ignored(text, tmp_path, monkeypatch):
+    from kernels.tuning import cpu_tuned_linear
+
+    (tmp_path / "cpu.json").write_text(text)
+    monkeypatch.setenv("IBERT_CPU_TUNED", str(tmp_path / "cpu.json"))
+    with pytest.warns(UserWarning, match="malformed CPU tuned file"):
+        assert cpu_tuned_linear() == {}
 
 
 @pytest.mark.cpp

@@ -147,3 +147,38 @@ def test_bad_launch_config_is_a_clear_error():
     a = torch.zeros(4, 32, dtype=torch.int8, device=DEVICE)
     with pytest.raises(ValueError, match="GEMM config needs exactly the keys"):
         kernels.int8_matmul(a, a, backend="triton", config={"BLOCK_M": 64})
+
+
+@pytest.mark.cpp
+def test_cpu_sweep_picks_the_fastest_exact_blocking_and_the_kernels_load_it(tmp_path, monkeypatch):
+    """The C++ sweep's plumbing: exactness check, selection, tuned file, loading. The timer is fake: it ranks
+    blockings by tiles per block, most first."""
+    from kernels._cpu import cpp_ops, linear_blocking, load_tuned_blockings
+
+    configs = [dict(rows=r, tiles=t, order="panels") for r in (1, 4) for t in (2, 8)]
+    fake = lambda fns: {name: [100.0 / int(name.split()[1][1:])] * 3 for name, fn in fns.items() if fn() is not None}
+    rows, best = autotune.cpu_linear_sweep("avx2", configs, [(40, 70, 36)], timer=fake)
+    assert len(rows) == 4 and all(r["error"] == "" for r in rows)
+    assert best == {"40,70,36": dict(rows=1, tiles=8, order="panels")}
+    path = tmp_path / "cpu.json"
+    autotune.save_cpu_tuned({"avx2": best}, path, "test CPU")
+    autotune.save_cpu_tuned({"avx2": {"128,70,36": configs[0]}}, path, "test CPU")  # merged, not replaced
+    monkeypatch.setenv("IBERT_CPU_TUNED", str(path))
+    monkeypatch.setenv("IBERT_CPU_ISA", "avx2")
+    try:
+        load_tuned_blockings(cpp_ops())
+        assert linear_blocking(40, 70, 36) == best["40,70,36"] and linear_blocking(128, 70, 36) == configs[0]
+    finally:
+        cpp_ops().set_linear_blocking("avx2", [])
+        monkeypatch.delenv("IBERT_CPU_TUNED")
+        load_tuned_blockings(cpp_ops())
+
+
+def test_cpu_blocking_spaces_are_valid():
+    from kernels.tuning import validate_cpu_blocking
+
+    for isa, top in autotune.CPU_MAX_ROWS.items():
+        for quick in (False, True):
+            space = autotune.cpu_blocking_space(isa, quick)
+            assert space and all(validate_cpu_blocking(c) and c["rows"] <= top for c in space)
+            assert len({autotune.cpu_blocking_name(c) for c in space}) == len(space)

@@ -115,20 +115,23 @@ std::string missing_features(Isa isa) {
 
 }  // namespace
 
+Isa isa_named(const char* what, const std::string& name) {
+  for (Isa isa : {Isa::kNone, Isa::kAvx2, Isa::kAvx512Vnni})
+    if (name == isa_name(isa)) return isa;
+  TORCH_CHECK_VALUE(false, what, " must be avx512_vnni, avx2 or none, got '", name, "'");
+  return Isa::kNone;
+}
+
 Isa simd_isa() {
   static const Isa best = missing_features(Isa::kAvx512Vnni).empty() ? Isa::kAvx512Vnni
                           : missing_features(Isa::kAvx2).empty()      ? Isa::kAvx2
                                                                       : Isa::kNone;
   const char* forced = std::getenv("IBERT_CPU_ISA");
   if (!forced || !*forced) return best;
-  for (Isa isa : {Isa::kNone, Isa::kAvx2, Isa::kAvx512Vnni}) {
-    if (std::string(forced) != isa_name(isa)) continue;
-    const std::string missing = missing_features(isa);
-    TORCH_CHECK(missing.empty(), "IBERT_CPU_ISA=", forced, ": this CPU lacks", missing);
-    return isa;
-  }
-  TORCH_CHECK_VALUE(false, "IBERT_CPU_ISA must be avx512_vnni, avx2 or none, got '", forced, "'");
-  return best;
+  const Isa isa = isa_named("IBERT_CPU_ISA", forced);
+  const std::string missing = missing_features(isa);
+  TORCH_CHECK(missing.empty(), "IBERT_CPU_ISA=", forced, ": this CPU lacks", missing);
+  return isa;
 }
 
 Isa require_simd(const char* op, Isa need) {

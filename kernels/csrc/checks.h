@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <string>
 
 namespace ibert {
 
@@ -39,6 +40,9 @@ void check_gelu_params(const char* op, const char* name, const torch::Tensor& pa
 enum class Isa { kNone, kAvx2, kAvx512Vnni };
 
 const char* isa_name(Isa isa);
+
+// The Isa of that name ("avx512_vnni", "avx2", "none"); a ValueError naming `what` otherwise.
+Isa isa_named(const char* what, const std::string& name);
 
 // The best of them this CPU has, or the one the environment variable IBERT_CPU_ISA names ("avx512_vnni", "avx2",
 // "none") for A/B runs: an error if the CPU lacks it or the name is unknown.

@@ -17,13 +17,17 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kNR = 64;   // output channels per panel: four 16-lane accumulators
-constexpr int64_t kMR = 6;    // rows per micro-tile: 6 x 4 accumulators of the 32 registers
-constexpr int64_t kBlockTiles = 16;  // micro-tiles per block of rows (96 rows on AVX-512, 80 on AVX2)
+constexpr int64_t kMR = 6;    // rows per micro-tile at most: 6 x 4 accumulators of the 32 registers
 
 // Everything the epilogue needs.
 struct Epilogue {
@@ -310,7 +314,7 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8,
 
 IBERT_AVX2_END
 
-constexpr int64_t kMR = 5;  // rows per micro-tile: 5 x 2 accumulators, 2 weights and their |w| of the 16 registers
+constexpr int64_t kMR = 5;  // rows per micro-tile at most: 5 x 2 accumulators, 2 weights and their |w| of the 16 registers
 
 void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, bool any_int8, int64_t row, int64_t n0,
                int64_t N, const Epilogue& ep, void* out) {
@@ -334,20 +338,56 @@ std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) 
   return out;
 }
 
-// Runs tile(rows, first row, panel) over the micro-tiles of mr rows x every panel. The work is a list of (block of
-// kBlockTiles micro-tiles' rows, panel) units, a block's panels in a row: the threads take the next unit as they
-// finish one, so a slower core gets less of it. A block's activations stay in the L2 of each thread that works on
-// it; a panel is reused by every tile of the block.
+// How linear() splits its work: rows per micro-tile (1 .. the ISA's kMR), micro-tiles per block of rows, and the
+// order of the (block, panel) units the threads take: a block's panels in a row (the block's activations stay in
+// L2) or a panel's blocks in a row (the panel stays in L2). scripts/autotune.py sweeps them per shape.
+struct Blocking {
+  int64_t rows, tiles;
+  bool panel_major;
+};
+
+int64_t max_rows(ibert::Isa isa) { return isa == ibert::Isa::kAvx512Vnni ? kMR : avx2::kMR; }
+
+Blocking default_blocking(ibert::Isa isa) { return {max_rows(isa), 16, false}; }
+
+// b: [rows, tiles, panel_major].
+Blocking checked_blocking(const char* op, ibert::Isa isa, c10::IntArrayRef b) {
+  TORCH_CHECK_VALUE(b.size() == 3, op, ": a blocking is [rows, tiles, panel_major], got ", b.size(), " values");
+  ibert::check_range(op, "the blocking's rows per micro-tile", b[0], 1, max_rows(isa));
+  ibert::check_range(op, "the blocking's micro-tiles per block", b[1], 1, 4096);
+  ibert::check_range(op, "the blocking's panel_major", b[2], 0, 1);
+  return {b[0], b[1], b[2] == 1};
+}
+
+// The tuned blockings per (ISA, N, K), by M (set_linear_blocking; kernels._cpu loads them from kernels/tuned).
+std::mutex tuned_mutex;
+std::map<std::tuple<ibert::Isa, int64_t, int64_t>, std::map<int64_t, Blocking>> tuned;
+
+// The tuned blocking of the nearest tuned M with the same (N, K) on this ISA, else the default.
+Blocking blocking_for(ibert::Isa isa, int64_t M, int64_t N, int64_t K) {
+  std::lock_guard<std::mutex> lock(tuned_mutex);
+  const auto found = tuned.find({isa, N, K});
+  if (found == tuned.end()) return default_blocking(isa);
+  const auto& by_m = found->second;
+  const auto above = by_m.lower_bound(M);
+  if (above == by_m.begin()) return above->second;
+  const auto below = std::prev(above);
+  return above == by_m.end() || M - below->first <= above->first - M ? below->second : above->second;
+}
+
+// Runs tile(rows, first row, panel) over the micro-tiles of `b.rows` rows x every panel. The work is a list of
+// (block of `b.tiles` micro-tiles' rows, panel) units in the blocking's order: the threads take the next unit as
+// they finish one, so a slower core gets less of it. A panel is reused by every tile of its block.
 template <typename Tile>
-void for_each_tile(int64_t M, int64_t panels, int64_t mr, const Tile& tile) {
-  const int64_t tiles = (M + mr - 1) / mr, blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
+void for_each_tile(int64_t M, int64_t panels, const Blocking& b, const Tile& tile) {
+  const int64_t tiles = (M + b.rows - 1) / b.rows, blocks = (tiles + b.tiles - 1) / b.tiles;
   const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     for (int64_t u = next++; u < units; u = next++) {
-      const int64_t block = u / panels, p = u % panels;
-      for (int64_t t = block * kBlockTiles; t < std::min(tiles, (block + 1) * kBlockTiles); ++t)
-        tile(std::min(mr, M - t * mr), t * mr, p);
+      const int64_t block = b.panel_major ? u % blocks : u / panels, p = b.panel_major ? u / blocks : u % panels;
+      for (int64_t t = block * b.tiles; t < std::min(tiles, (block + 1) * b.tiles); ++t)
+        tile(std::min(b.rows, M - t * b.rows), t * b.rows, p);
     }
   });
 }
@@ -370,10 +410,12 @@ torch::Tensor pack_weight(torch::Tensor w) {
 // a: [M, K4] int8 (K4 a multiple of 4); packed from pack_weight for N outputs; bias: [N] int32 or empty;
 // m, e: [1] or [N] int32, to +-qmax; out_bits: bits of the result (int8 for <= 8, else int32). residual: [M, N]
 // int8/int32 or empty, with its per-tensor (m_res, e_res). gelu: [5] int64 (clip, c, k, one, r) or empty; then
-// m, e take the accumulator to the i-GELU input (qmax) and (m2, e2) its output to out_bits.
+// m, e take the accumulator to the i-GELU input (qmax) and (m2, e2) its output to out_bits. blocking: [rows, tiles,
+// panel_major], or empty for the tuned one of this shape (else the default).
 torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
                      torch::Tensor e, int64_t qmax, torch::Tensor residual, torch::Tensor m_res, torch::Tensor e_res,
-                     torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits) {
+                     torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits,
+                     std::vector<int64_t> blocking) {
   constexpr const char* op = "linear";
   ibert::check_tensor(op, "a", a, torch::kInt8, 2);
   const int64_t M = a.size(0), K = a.size(1), panels = (N + kNR - 1) / kNR, Np = panels * kNR;
@@ -397,6 +439,7 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     ibert::check_multiplier(op, "(m_res, e_res)", m_res, e_res, 1);
   }
   const ibert::Isa isa = ibert::require_simd(op, ibert::Isa::kAvx2);
+  const Blocking b = blocking.empty() ? blocking_for(isa, M, N, K) : checked_blocking(op, isa, blocking);
   auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
   const std::vector<int32_t> mc = per_channel(m, N, Np), ec = per_channel(e, N, Np);
   Epilogue ep{nullptr, mc.data(), ec.data(), qmax, out_bits > 8};
@@ -424,16 +467,34 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     row_compensation(ap, M, K, comp.data());
     ep.bias = bias.numel() ? bias.data_ptr<int32_t>() : nullptr;
     const int32_t* cp = comp.data();
-    for_each_tile(M, panels, kMR, [&](int64_t rows, int64_t row, int64_t p) {
+    for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
       tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
     });
   } else {
     const std::vector<int32_t> bc = bias.numel() ? per_channel(bias, N, Np) : std::vector<int32_t>(Np, 0);
     ep.bias = bc.data();
     const bool any_int8 = M * K > 0 && std::memchr(ap, 0x80, M * K) != nullptr;  // a holds -128
-    for_each_tile(M, panels, avx2::kMR, [&](int64_t rows, int64_t row, int64_t p) {
+    for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
       avx2::tile_rows(rows, ap, K, bp + p * K * kNR, any_int8, row, p * kNR, N, ep, dst);
     });
   }
   return out;
+}
+
+void set_linear_blocking(const std::string& isa_name, const std::vector<std::vector<int64_t>>& entries) {
+  constexpr const char* op = "set_linear_blocking";
+  const ibert::Isa isa = ibert::isa_named(op, isa_name);
+  std::map<std::tuple<ibert::Isa, int64_t, int64_t>, std::map<int64_t, Blocking>> mine;
+  for (const auto& x : entries) {
+    TORCH_CHECK_VALUE(x.size() == 6, op, ": an entry is [M, N, K, rows, tiles, panel_major], got ", x.size(), " values");
+    mine[{isa, x[1], x[2]}][x[0]] = checked_blocking(op, isa, {x[3], x[4], x[5]});
+  }
+  std::lock_guard<std::mutex> lock(tuned_mutex);
+  for (auto it = tuned.begin(); it != tuned.end();) it = std::get<0>(it->first) == isa ? tuned.erase(it) : std::next(it);
+  tuned.merge(mine);
+}
+
+std::vector<int64_t> linear_blocking(int64_t M, int64_t N, int64_t K) {
+  const Blocking b = blocking_for(ibert::require_simd("linear_blocking", ibert::Isa::kAvx2), M, N, K);
+  return {b.rows, b.tiles, b.panel_major};
 }

@@ -116,7 +116,7 @@ std::tuple<torch::Tensor, torch::Tensor> encoder_layer(const torch::Tensor& x, c
   const auto x2 = x.reshape({B * S, H});
   const auto qkv = stage("linear (QKV)", "qkv.*", [&] {
     return linear(pad4(x2), packed[0], buf["qkv.bias"].size(0), buf["qkv.bias"], buf["qkv.m"], buf["qkv.e"],
-                  ibert::qmax_of(bits), none, none, none, no_gelu, none, none, bits);
+                  ibert::qmax_of(bits), none, none, none, no_gelu, none, none, bits, {});
   });
   const auto attn = stage("attention", "context.*, softmax.params", [&] {
     return attention(qkv, mask, buf["softmax.params"], buf["context.m"], buf["context.e"], head_mask, B, heads,
@@ -125,7 +125,7 @@ std::tuple<torch::Tensor, torch::Tensor> encoder_layer(const torch::Tensor& x, c
   const auto y = stage("linear (attention output, residual)", "attention_output.*, attention_residual.*", [&] {
     return linear(pad4(attn[0]), packed[1], H, buf["attention_output.bias"], buf["attention_output.m"],
                   buf["attention_output.e"], ibert::qmax_of(ln_bits), x2, buf["attention_residual.m"],
-                  buf["attention_residual.e"], no_gelu, none, none, ln_bits);
+                  buf["attention_residual.e"], no_gelu, none, none, ln_bits, {});
   });
   const auto a = stage("layernorm", "attention_layernorm.*", [&] {
     return layernorm(y, buf["attention_layernorm.eps"], buf["attention_layernorm.m"], buf["attention_layernorm.e"],
@@ -134,12 +134,12 @@ std::tuple<torch::Tensor, torch::Tensor> encoder_layer(const torch::Tensor& x, c
   const auto g = stage("linear (FFN in, i-GELU)", "ffn_in.*, gelu.params, gelu_output.*", [&] {
     return linear(pad4(a), packed[2], buf["ffn_in.bias"].size(0), buf["ffn_in.bias"], buf["ffn_in.m"],
                   buf["ffn_in.e"], ibert::qmax_of(gelu_input_bits), none, none, none, buf["gelu.params"],
-                  buf["gelu_output.m"], buf["gelu_output.e"], bits);
+                  buf["gelu_output.m"], buf["gelu_output.e"], bits, {});
   });
   const auto y2 = stage("linear (FFN out, residual)", "ffn_out.*, ffn_residual.*", [&] {
     return linear(pad4(g), packed[3], H, buf["ffn_out.bias"], buf["ffn_out.m"], buf["ffn_out.e"],
                   ibert::qmax_of(ln_bits), a, buf["ffn_residual.m"], buf["ffn_residual.e"], no_gelu, none, none,
-                  ln_bits);
+                  ln_bits, {});
   });
   const auto out = stage("layernorm", "ffn_layernorm.*", [&] {
     return layernorm(y2, buf["ffn_layernorm.eps"], buf["ffn_layernorm.m"], buf["ffn_layernorm.e"],

@@ -15,7 +15,12 @@ std::vector<torch::Tensor> attention(torch::Tensor qkv, torch::Tensor mask, torc
 torch::Tensor pack_weight(torch::Tensor w);
 torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
                      torch::Tensor e, int64_t qmax, torch::Tensor residual, torch::Tensor m_res, torch::Tensor e_res,
-                     torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits);
+                     torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits,
+                     std::vector<int64_t> blocking);
+// Replaces the tuned blockings of one ISA: entries [M, N, K, rows, tiles, panel_major].
+void set_linear_blocking(const std::string& isa, const std::vector<std::vector<int64_t>>& entries);
+// The blocking linear() takes for this shape on the ISA it runs on: [rows, tiles, panel_major].
+std::vector<int64_t> linear_blocking(int64_t M, int64_t N, int64_t K);
 
 // layernorm_cpu.cpp
 torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t, torch::Tensor e_t,
