@@ -1,9 +1,11 @@
 """Model benchmark at roberta-base size (random weights), one process, each path measured the same way.
 
     python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train] [--profile]
+                                  [--blockings]
 Prints: forward times of our fp32, transformers' IBert fp32 and quant_mode=True, our fake-quant, our integer
 engine, with ratios to our fp32; the fp32 / engine ratio again over back-to-back pairs (robust to a host whose
-speed drifts); a training step fp32 vs fake-quant; the paper's latency grid (sequence 128/256 x batch 1/2/4/8),
+speed drifts); with --blockings the engine on the C++ kernels' default blockings against this CPU's tuned ones
+(kernels/tuned, scripts/autotune.py --kernels cpu_linear), in pairs; a training step fp32 vs fake-quant; the paper's latency grid (sequence 128/256 x batch 1/2/4/8),
 fp32 vs integer engine, also in pairs. Figures are appended to benchmarks/results.csv.
 """
 from __future__ import annotations
@@ -38,6 +40,31 @@ def calibrate(model, inputs) -> None:
     model.eval()
 
 
+def blockings_pairs(engine, inputs: dict, case: str, dev_name: str) -> None:
+    """The engine's forward on the C++ linear kernel's default blockings against this CPU's tuned ones, in pairs."""
+    from kernels._cpu import cpp_isa, cpp_ops
+    from kernels.tuning import cpu_blocking_args, cpu_tuned_linear, cpu_tuned_path
+
+    isa = cpp_isa()
+    tuned = [[*size, *cpu_blocking_args(c)] for size, c in cpu_tuned_linear().get(isa, {}).items()]
+    if not tuned:
+        print(f"\nno tuned {isa} blockings in {cpu_tuned_path()}: nothing to compare")
+        return
+
+    def forward(entries: list) -> None:
+        cpp_ops().set_linear_blocking(isa, entries)
+        engine(**inputs)
+
+    with torch.no_grad():
+        pr = paired(lambda: forward([]), lambda: forward(tuned), "cpu")
+    append_rows([{"device": dev_name, "benchmark": "model-forward-blockings", "case": case,
+                  "impl": f"ours integer engine, tuned {isa} blockings", "ms": f"{pr['new ms']:.1f}",
+                  "speedup": f"{pr['ratio']:.3f}",
+                  "note": f"default blockings {pr['base ms']:.1f} ms; pair ratios {pr['min']:.2f}-{pr['max']:.2f}"}])
+    print(f"\nengine, default / tuned {isa} blockings over {pr['pairs']} pairs: median {pr['ratio']:.3f}x (pairs "
+          f"{pr['min']:.3f}x-{pr['max']:.3f}x; default {pr['base ms']:.1f} ms, tuned {pr['new ms']:.1f} ms)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
@@ -47,6 +74,7 @@ def main() -> None:
     p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--profile", action="store_true", help="also print the integer engine's time per kernel")
+    p.add_argument("--blockings", action="store_true", help="the engine on default vs tuned C++ blockings, in pairs")
     args = p.parse_args()
     dev = args.device
     kernels.set_compile(dev == "cpu")
@@ -92,6 +120,9 @@ def main() -> None:
                   "note": f"fp32 {pr['base ms']:.1f} ms; pair ratios {pr['min']:.2f}-{pr['max']:.2f}"}])
     print(f"\nfp32 / integer engine over {pr['pairs']} back-to-back pairs: median {pr['ratio']:.2f}x "
           f"(pairs {pr['min']:.2f}x-{pr['max']:.2f}x; fp32 {pr['base ms']:.1f} ms, engine {pr['new ms']:.1f} ms)")
+
+    if args.blockings:
+        blockings_pairs(engine, inputs, case, dev_name)
 
     if args.profile:
         with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
