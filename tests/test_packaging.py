@@ -79,7 +79,8 @@ def test_import_and_the_torch_path_work_without_triton():
 
 
 def test_wheel_carries_every_config_and_cpp_source(tmp_path):
-    """A wheel (what `pip install` of a release gets) holds every config group's YAML and the C++ sources."""
+    """A wheel (what `pip install` of a release gets) holds every config group's YAML, the C++ sources and the
+    tuned configurations."""
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
@@ -91,4 +92,5 @@ def test_wheel_carries_every_config_and_cpp_source(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"ibert/configs/{p.relative_to(root / 'configs')}" for p in (root / "configs").rglob("*.yaml")}
     expected |= {f"kernels/csrc/{p.name}" for p in (root / "kernels" / "csrc").iterdir() if p.suffix in (".cpp", ".h")}
+    expected |= {f"kernels/tuned/{p.name}" for p in (root / "kernels" / "tuned").glob("*.json")}
     assert expected <= names, sorted(expected - names)
