@@ -182,3 +182,14 @@ def test_cpu_blocking_spaces_are_valid():
             space = autotune.cpu_blocking_space(isa, quick)
             assert space and all(validate_cpu_blocking(c) and c["rows"] <= top for c in space)
             assert len({autotune.cpu_blocking_name(c) for c in space}) == len(space)
+
+
+def test_cpu_tuned_file_is_keyed_by_this_cpu(monkeypatch, tmp_path):
+    monkeypatch.delenv("IBERT_CPU_TUNED", raising=False)
+    assert tuning.cpu_tuned_path() == tuning.TUNED_DIR / f"cpu-{tuning.cpu_id()}.json"
+    assert tuning.cpu_id() in tuning.cpu_name()
+    if Path("/proc/cpuinfo").is_file():  # <vendor>-<family>-<model>, as /proc/cpuinfo names them
+        vendor, family, model = tuning.cpu_id().split("-")
+        assert vendor and family.isdigit() and model.isdigit()
+    monkeypatch.setenv("IBERT_CPU_TUNED", str(tmp_path / "x.json"))
+    assert tuning.cpu_tuned_path() == tmp_path / "x.json" and tuning.cpu_tuned_linear() == {}
