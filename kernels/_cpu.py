@@ -27,12 +27,18 @@ _INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # what oneDNN's int8 
 GEMM_ROUTES = ("int8", "fp32")
 
 
-def _cpu_flags() -> set[str]:
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags", "vendor_id", ...); {} without it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def _cpu_flags() -> set[str]:
+    return set(cpuinfo().get("flags", "").split())
 
 
 @functools.lru_cache(maxsize=None)

@@ -206,19 +206,12 @@ def cpu_blocking_of(args: list[int]) -> dict:
     return dict(rows=rows, tiles=tiles, order=CPU_ORDERS[panel_major])
 
 
-def _cpuinfo() -> dict[str, str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    first = text.split("\n\n", 1)[0]
-    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-
-
 def cpu_id() -> str:
     """This CPU's key for its tuned file: '<vendor>-<family>-<model>' (from /proc/cpuinfo; else the platform's
     processor string)."""
-    info = _cpuinfo()
+    from kernels._cpu import cpuinfo
+
+    info = cpuinfo()
     if "vendor_id" in info:
         return "-".join(info.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
     import platform
@@ -228,7 +221,9 @@ def cpu_id() -> str:
 
 def cpu_name() -> str:
     """This CPU's model name and key, e.g. 'AMD EPYC (AuthenticAMD-25-1)'."""
-    return f"{_cpuinfo().get('model name', 'unknown CPU')} ({cpu_id()})"
+    from kernels._cpu import cpuinfo
+
+    return f"{cpuinfo().get('model name', 'unknown CPU')} ({cpu_id()})"
 
 
 def cpu_tuned_path() -> Path:

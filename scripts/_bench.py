@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from kernels._cpu import _cpu_flags
+from kernels._cpu import _cpu_flags, cpuinfo
 
 RESULTS_CSV = Path(__file__).resolve().parent.parent / "benchmarks" / "results.csv"
 FIELDS = ["time", "commit", "device", "benchmark", "case", "impl", "ms", "speedup", "note"]
@@ -24,12 +24,8 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's model, its int8 instructions and the threads torch uses."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
-    model, flags = platform.processor() or platform.machine(), _cpu_flags()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpuinfo().get("model name") or platform.processor() or platform.machine()
+    flags = _cpu_flags()
     isa = next((name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"),
                                         ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2 only")) if flag in flags), "")
     return f"{model} ({isa}), {torch.get_num_threads()} threads" if isa else f"{model}, {torch.get_num_threads()} threads"

@@ -14,6 +14,7 @@ import kernels
 from kernels import dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, layernorm_params
 from kernels.layernorm import max_input
 from kernels._cpu import SOURCES
+from ibert.scripts.autotune import CPU_MAX_ROWS
 
 
 # Tails of every loop: rows (micro-tiles of 6 or 4, blocks of 16 tiles), channels (vectors of 16 or 8, panels of 64)
@@ -150,7 +151,7 @@ def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(cpp_isa):
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-MAX_ROWS = {"avx512_vnni": 6, "avx2": 5}
+MAX_ROWS = CPU_MAX_ROWS  # gemm_cpu.cpp's kMR per ISA
 
 
 @pytest.mark.cpp
