@@ -1,8 +1,8 @@
-"""The C++ kernels for x86 CPUs with AVX-512 VNNI or AVX2 (`kernels/csrc`): fused attention, int8 linear layers with
-in-register requantization, i-LayerNorm, and a whole encoder layer of them in one call. Built with
-`torch.utils.cpp_extension` on first use (1-4 min, then cached). The module builds on any x86-64 CPU (only the
-kernels' inner loops are compiled for AVX-512 or AVX2), and its ops check their arguments, then the CPU, before
-they run: where the CPU lacks the features they raise an error that says so."""
+"""The C++ kernels for x86 CPUs with AMX-INT8, AVX-512 VNNI or AVX2 (`kernels/csrc`): fused attention, int8 linear
+layers with in-register requantization (on AMX tiles where the CPU has them), i-LayerNorm, and a whole encoder layer
+of them in one call. Built with `torch.utils.cpp_extension` on first use (1-4 min, then cached). The module builds on
+any x86-64 CPU (only the kernels' inner loops are compiled for AMX, AVX-512 or AVX2), and its ops check their
+arguments, then the CPU, before they run: where the CPU lacks the features they raise an error that says so."""
 from __future__ import annotations
 
 import functools
@@ -127,16 +127,17 @@ def cpu_gemm_route() -> str:
 
 
 def cpp_isa() -> str:
-    """The instruction set the C++ kernels run on here: "avx512_vnni", "avx2" or "none" (no build, or not x86).
-    The environment variable IBERT_CPU_ISA=avx512_vnni|avx2|none forces one the CPU has, for A/B runs."""
+    """The instruction set the C++ kernels run on here: "amx_int8" (the linear layers on AMX tiles, the rest on
+    AVX-512 VNNI), "avx512_vnni", "avx2" or "none" (no build, or not x86). The environment variable
+    IBERT_CPU_ISA=amx_int8|avx512_vnni|avx2|none forces one the CPU has, for A/B runs."""
     module = cpp_extension()
     return module.isa() if module is not None else "none"
 
 
 def cpu_isa() -> str:
-    """What the integer ops run on this CPU: "cpp-avx512_vnni" or "cpp-avx2" (the C++ kernels, for the ops that
-    have one; the rest as below), "torch-int8" (the torch references on `torch._int_mm`) or "torch-fp32" (the torch
-    references on exact float32 GEMMs)."""
+    """What the integer ops run on this CPU: "cpp-amx_int8", "cpp-avx512_vnni" or "cpp-avx2" (the C++ kernels, for
+    the ops that have one; the rest as below), "torch-int8" (the torch references on `torch._int_mm`) or
+    "torch-fp32" (the torch references on exact float32 GEMMs)."""
     isa = cpp_isa()
     return f"cpp-{isa}" if isa != "none" else f"torch-{cpu_gemm_route()}"
 

@@ -18,9 +18,10 @@ lives in `kernels/tuned/cpu-<vendor>-<family>-<model>.json` (or the file named b
 
     {"cpu": "<model name>", "linear": {"<isa>": {"<M>,<N>,<K>": {rows, tiles, order}}}}
 
-rows: per micro-tile (1 .. 6 on avx512_vnni, 1 .. 5 on avx2); tiles: micro-tiles per block of rows; order: how the
-threads take the (block, panel) units, "blocks" (a block's panels in a row) or "panels" (a panel's blocks in a
-row). A shape without an entry takes the entry of the same (N, K) with the nearest M, else the default.
+rows: per micro-tile (`CPU_ROWS`: 16 or 32 on amx_int8, 1 .. 6 on avx512_vnni, 1 .. 5 on avx2); tiles:
+micro-tiles per block of rows; order: how the threads take the (block, panel) units, "blocks" (a block's panels in
+a row) or "panels" (a panel's blocks in a row). A shape without an entry takes the entry of the same (N, K) with
+the nearest M, else the ISA's default (`CPU_DEFAULT_BLOCKING`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ ROW_KERNEL_KEYS = {"softmax": ("num_warps",), "layernorm": ("num_warps",),
                    "gelu": ("BLOCK", "num_warps"), "requantize": ("BLOCK", "num_warps"),
                    "attention": ("BLOCK_M", "num_warps")}
 TUNED_DIR = Path(__file__).parent / "tuned"
+# The rows per micro-tile of the C++ linear kernel on each ISA (gemm_cpu.cpp: max_rows, the AMX tiles' 16 rows) and
+# the blocking it takes without a tuned one (default_blocking).
+CPU_ROWS = {"amx_int8": (16, 32), "avx512_vnni": tuple(range(1, 7)), "avx2": tuple(range(1, 6))}
+CPU_DEFAULT_BLOCKING = {"amx_int8": dict(rows=32, tiles=4, order="blocks"),
+                        "avx512_vnni": dict(rows=6, tiles=16, order="blocks"),
+                        "avx2": dict(rows=5, tiles=16, order="blocks")}
 CPU_BLOCKING_KEYS = ("rows", "tiles", "order")
 CPU_ORDERS = ("blocks", "panels")
 
@@ -240,8 +247,8 @@ def parse_cpu_tuned(text: str) -> dict[str, dict[tuple[int, int, int], dict]]:
         raise ValueError(f"unknown sections {sorted(unknown)}: expected 'cpu' and 'linear'")
     out = {}
     for isa, entries in data.get("linear", {}).items():
-        if isa not in ("avx512_vnni", "avx2"):
-            raise ValueError(f"unknown ISA {isa!r}: expected avx512_vnni or avx2")
+        if isa not in CPU_ROWS:
+            raise ValueError(f"unknown ISA {isa!r}: expected one of {', '.join(CPU_ROWS)}")
         if not isinstance(entries, dict):
             raise ValueError(f'"linear"."{isa}" must map sizes to blockings')
         out[isa] = {_size_key(k, 3): validate_cpu_blocking(c) for k, c in entries.items()}

@@ -39,7 +39,6 @@ KERNELS = ("gemm", *ROW_SIZES)
 BASE_NK = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]  # (N, K): fused QKV, attn-out, FFN-in, FFN-out
 LARGE_NK = [(3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)]
 CPU_KERNELS = ("cpu_linear",)
-CPU_MAX_ROWS = {"avx512_vnni": 6, "avx2": 5}  # gemm_cpu.cpp's kMR per ISA
 CPU_NK = [(1152, 384), (384, 384), (1536, 384), (384, 1536), *BASE_NK]  # MiniLM's four linear layers, base's
 CPU_TOKENS = (128, 1024)  # 1 x 128 and 8 x 128
 
@@ -272,8 +271,9 @@ def gpu_row_sweep(kernel: str, configs: list[dict], device: str = "cuda", bench=
 
 def cpu_blocking_space(isa: str, quick: bool = False) -> list[dict]:
     """The C++ linear kernel's blockings on `isa`."""
-    top = CPU_MAX_ROWS[isa]
-    rows = (top - 2, top - 1, top) if quick else range(1, top + 1)
+    from kernels.tuning import CPU_ROWS
+
+    rows = CPU_ROWS[isa][-3:] if quick else CPU_ROWS[isa]
     tiles = (4, 16, 64) if quick else (2, 4, 8, 16, 32, 64)
     return [dict(rows=r, tiles=t, order=o) for r in rows for t in tiles for o in ("blocks", "panels")]
 
@@ -292,6 +292,7 @@ def cpu_linear_sweep(isa: str, configs: list[dict], sizes: list[tuple[int, int, 
     import torch
 
     import kernels
+    from kernels.tuning import CPU_DEFAULT_BLOCKING
 
     if timer is None:
         from ibert.scripts._bench import interleaved
@@ -327,7 +328,7 @@ def cpu_linear_sweep(isa: str, configs: list[dict], sizes: list[tuple[int, int, 
                              "GMACs": f"{M * N * K / t / 1e6:.1f}", "vs_best": f"{t / ms[fastest]:.3f}", "error": ""})
             best[shape] = exact[fastest]
             print(f"{isa} M={M} N={N} K={K}: best {fastest} {ms[fastest]:.3f} ms ({M * N * K / ms[fastest] / 1e6:.1f} G "
-                  f"MAC/s); default {ms.get(cpu_blocking_name(dict(rows=CPU_MAX_ROWS[isa], tiles=16, order='blocks')), float('nan')):.3f} ms",
+                  f"MAC/s); default {ms.get(cpu_blocking_name(CPU_DEFAULT_BLOCKING[isa]), float('nan')):.3f} ms",
                   flush=True)
     finally:
         if previous is None:
@@ -339,14 +340,13 @@ def cpu_linear_sweep(isa: str, configs: list[dict], sizes: list[tuple[int, int, 
 
 def cpu_tune(quick: bool, out: Path) -> None:
     """The C++ linear sweep on every ISA this CPU has: CSV, heatmap (time / the shape's best), tuned file."""
-    from kernels._cpu import _cpu_flags, cpp_extension, load_tuned_blockings
+    from kernels._cpu import cpp_extension, load_tuned_blockings
     from kernels.tuning import cpu_id, cpu_name, cpu_tuned_path
 
     module = cpp_extension()
     if module is None:
         raise SystemExit("cpu_linear: the C++ kernels do not run on this CPU (AVX2 at least)")
-    flags = _cpu_flags()
-    isas = [isa for isa, need in (("avx512_vnni", "avx512_vnni"), ("avx2", "avx2")) if need in flags]
+    isas = [isa for isa in module.isas() if isa != "none"]
     sizes = [(M, N, K) for M in CPU_TOKENS for N, K in (CPU_NK[:4] if quick else CPU_NK)]
     best, rows = {}, []
     for isa in isas:

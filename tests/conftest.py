@@ -22,13 +22,16 @@ def on_cpu(tree):
 
 
 def pytest_collection_modifyitems(config, items):
-    from kernels._cpu import cpp_available, cpp_build  # after TRITON_INTERPRET is set: kernels read it on import
+    from kernels._cpu import cpp_available, cpp_build, cpp_extension  # after TRITON_INTERPRET is set (kernels read it)
 
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU")
     if any(item.get_closest_marker("cpp") for item in items) and not cpp_available():
         skips["cpp"] = pytest.mark.skip(reason="the C++ kernels need x86 AVX2 and g++")
+    if any(item.get_closest_marker("amx") for item in items) and (
+            not cpp_available() or "amx_int8" not in cpp_extension().isas()):
+        skips["amx"] = pytest.mark.skip(reason="the C++ kernels' AMX path needs a CPU with AMX-INT8 (and g++)")
     if any(item.get_closest_marker("cpp_build") for item in items) and cpp_build() is None:
         skips["cpp_build"] = pytest.mark.skip(reason="the C++ module needs x86-64 and g++")
     for item in items:
@@ -43,17 +46,16 @@ def device() -> str:
 
 
 def force_isa(monkeypatch, isa: str) -> None:
-    """The C++ kernels on `isa` (IBERT_CPU_ISA) for one test, which is skipped where the CPU lacks it."""
-    from kernels._cpu import _cpu_flags
+    """The C++ kernels on `isa` (IBERT_CPU_ISA) for one test, which is skipped where the CPU (or OS) can't run it."""
+    from kernels._cpu import cpp_extension
 
-    needs = {"avx512_vnni": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}, "avx2": {"avx2"}}
-    missing = needs[isa] - _cpu_flags()
-    if missing:
-        pytest.skip(f"this CPU lacks {', '.join(sorted(missing))}")
+    module = cpp_extension()
+    if module is None or isa not in module.isas():
+        pytest.skip(f"the C++ kernels can't run {isa} here")
     monkeypatch.setenv("IBERT_CPU_ISA", isa)
 
 
-@pytest.fixture(params=["avx512_vnni", "avx2"])
+@pytest.fixture(params=["amx_int8", "avx512_vnni", "avx2"])
 def cpp_isa(request, monkeypatch) -> str:
     """Each instruction set of the C++ kernels in turn (force_isa)."""
     force_isa(monkeypatch, request.param)

@@ -14,7 +14,8 @@ import kernels
 from kernels import dyadic, gelu_params, int8_matmul, int8_matmul_gelu, layernorm, layernorm_params
 from kernels.layernorm import max_input
 from kernels._cpu import SOURCES
-from ibert.scripts.autotune import CPU_MAX_ROWS
+from kernels.tuning import CPU_DEFAULT_BLOCKING, CPU_ROWS
+from conftest import force_isa
 
 
 # Tails of every loop: rows (micro-tiles of 6 or 4, blocks of 16 tiles), channels (vectors of 16 or 8, panels of 64)
@@ -151,9 +152,6 @@ def test_packed_weights_equal_bare_ones_in_the_cpp_kernel(cpp_isa):
     assert torch.equal(x, int8_matmul(a, w, None, m, e, backend="torch"))
 
 
-MAX_ROWS = CPU_MAX_ROWS  # gemm_cpu.cpp's kMR per ISA
-
-
 @pytest.mark.cpp
 @pytest.mark.parametrize("tiles", [1, 2, 16])
 @pytest.mark.parametrize("order", ["blocks", "panels"])
@@ -170,7 +168,7 @@ def test_every_blocking_is_exact(tiles, order, cpp_isa):
     mo, eo = dyadic(s_out.double() / 0.02)
     ref = int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="torch")
     ref_gelu = int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="torch")
-    for rows in range(1, MAX_ROWS[cpp_isa] + 1):
+    for rows in CPU_ROWS[cpp_isa]:
         cfg = dict(rows=rows, tiles=tiles, order=order)
         assert torch.equal(int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="cpp", config=cfg), ref), cfg
         assert torch.equal(int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="cpp", config=cfg),
@@ -202,7 +200,7 @@ def cpu_tuned_file(tmp_path, monkeypatch):
     monkeypatch.setenv("IBERT_CPU_TUNED", str(path))
     yield path
     monkeypatch.delenv("IBERT_CPU_TUNED")
-    for isa in MAX_ROWS:
+    for isa in CPU_ROWS:
         cpp_ops().set_linear_blocking(isa, [])
     load_tuned_blockings(cpp_ops())
 
@@ -211,18 +209,19 @@ def cpu_tuned_file(tmp_path, monkeypatch):
 def test_tuned_blockings_load_and_take_the_nearest_m(cpu_tuned_file, cpp_isa):
     from kernels._cpu import cpp_ops, linear_blocking, load_tuned_blockings
 
-    small, large = dict(rows=2, tiles=4, order="panels"), dict(rows=3, tiles=32, order="blocks")
+    rows = CPU_ROWS[cpp_isa]
+    small, large = dict(rows=rows[0], tiles=4, order="panels"), dict(rows=rows[-1], tiles=32, order="blocks")
     cpu_tuned_file.write_text(json.dumps({"cpu": "test", "linear": {cpp_isa: {"128,64,32": small, "1024,64,32": large}}}))
     load_tuned_blockings(cpp_ops())
     assert linear_blocking(100, 64, 32) == small and linear_blocking(128, 64, 32) == small
     assert linear_blocking(700, 64, 32) == large and linear_blocking(9000, 64, 32) == large
-    default = dict(rows=MAX_ROWS[cpp_isa], tiles=16, order="blocks")
+    default = CPU_DEFAULT_BLOCKING[cpp_isa]
     assert linear_blocking(128, 64, 36) == default  # another (N, K)
     a = randint(-127, 127, (100, 32), torch.int8)
     w = randint(-128, 127, (64, 32), torch.int8, seed=1)
     m, e = dyadic(torch.rand(64, dtype=torch.float64) * 1e-2)
     assert torch.equal(int8_matmul(a, w, None, m, e, backend="cpp"), int8_matmul(a, w, None, m, e, backend="torch"))
-    cpu_tuned_file.write_text(json.dumps({"cpu": "test", "linear": {cpp_isa: {"128,64,32": dict(small, rows=7)}}}))
+    cpu_tuned_file.write_text(json.dumps({"cpu": "test", "linear": {cpp_isa: {"128,64,32": dict(small, rows=rows[-1] + 1)}}}))
     with pytest.warns(UserWarning, match=f"ignoring the {cpp_isa} blockings"):
         load_tuned_blockings(cpp_ops())
 
@@ -277,3 +276,51 @@ def test_cpp_sources_have_no_float_arithmetic(source):
     """The C++ kernels are integer-only: no float type anywhere in their source."""
     code = re.sub(r"//.*", "", source.read_text())
     assert not re.findall(r"\b(float|double|__m512[dh]?|__m256[dh]?|__m128[dh]?|__fp16|__bf16|_Float\d+)\b", code)
+
+
+@pytest.mark.amx
+@pytest.mark.parametrize("M", [1, 15, 16, 17, 31, 32, 33, 64, 100])
+@pytest.mark.parametrize("K", [4, 60, 64, 68, 128, 196])
+@pytest.mark.parametrize("rows", CPU_ROWS["amx_int8"])
+def test_amx_linear_tails_are_exact(M, K, rows, monkeypatch):
+    """The tile kernel on rows that fill a micro-tile of 16 or 32 or not (the last one padded), K below, at and past
+    multiples of the tiles' 64 (the rest on vpdpbusd), channels past a half panel; with the residual and i-GELU."""
+    force_isa(monkeypatch, "amx_int8")
+    N = 80
+    a = randint(-128, 127, (M, K), torch.int8, seed=M + K)
+    b = kernels.pack_weight(randint(-128, 127, (N, K), torch.int8, seed=K))
+    bias = randint(-(2**20), 2**20, (N,), torch.int32, seed=3)
+    m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0**-6 / math.sqrt(K))
+    res, (mr, er) = randint(-127, 127, (M, N), torch.int8, seed=4), dyadic(torch.tensor([0.6]))
+    params, s_out = gelu_params(torch.tensor(1e-3))
+    mo, eo = dyadic(s_out.double() / 0.02)
+    for tiles in (1, 3):
+        cfg = dict(rows=rows, tiles=tiles, order="blocks")
+        assert torch.equal(int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="cpp", config=cfg),
+                           int8_matmul(a, b, bias, m, e, 8, res, mr, er, backend="torch"))
+        assert torch.equal(int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="cpp", config=cfg),
+                           int8_matmul_gelu(a, b, bias, m, e, params, mo, eo, 16, 8, backend="torch"))
+
+
+@pytest.mark.amx
+def test_amx_linear_survives_other_tile_users(monkeypatch):
+    """oneDNN (torch._int_mm) loads its own tile configuration on the same threads: each call loads ours again."""
+    force_isa(monkeypatch, "amx_int8")
+    a = randint(-127, 127, (64, 256), torch.int8, seed=1)
+    w = randint(-128, 127, (96, 256), torch.int8, seed=2)
+    m, e = dyadic(torch.rand(96, dtype=torch.float64) * 1e-3)
+    want = int8_matmul(a, w, None, m, e, backend="torch")
+    for _ in range(3):
+        assert torch.equal(torch._int_mm(a, w.t()), a.int() @ w.int().t())
+        assert torch.equal(int8_matmul(a, w, None, m, e, backend="cpp"), want)
+
+
+@pytest.mark.amx
+def test_the_forced_vnni_path_still_runs_on_an_amx_cpu(monkeypatch):
+    from kernels._cpu import cpp_isa, linear_blocking
+
+    force_isa(monkeypatch, "avx512_vnni")
+    assert cpp_isa() == "avx512_vnni" and kernels.cpu_isa() == "cpp-avx512_vnni"
+    assert linear_blocking(100, 64, 36) == CPU_DEFAULT_BLOCKING["avx512_vnni"]  # a shape no tuned file holds
+    monkeypatch.delenv("IBERT_CPU_ISA")
+    assert cpp_isa() == "amx_int8"

@@ -578,15 +578,22 @@ def test_cpu_gemm_route_rejects_an_unknown_value(gemm_route):
         cpu_gemm_route()
 
 
-def test_cpu_isa_names_what_the_integer_ops_run_on(gemm_route):
+def test_cpu_isa_names_what_the_integer_ops_run_on(gemm_route, monkeypatch):
+    """The C++ kernels take the best instruction set of the CPU (by its flags): AMX-INT8, else AVX-512 VNNI, else
+    AVX2."""
     from kernels._cpu import _cpu_flags, cpp_extension
 
+    monkeypatch.delenv("IBERT_CPU_ISA", raising=False)
     gemm_route("fp32")
     if cpp_extension() is None:
         assert kernels.cpu_isa() == "torch-fp32"
     else:
-        best = "avx512_vnni" if "avx512_vnni" in _cpu_flags() else "avx2"
+        flags = _cpu_flags()
+        best = ("amx_int8" if {"amx_tile", "amx_int8"} <= flags else "avx512_vnni" if "avx512_vnni" in flags
+                else "avx2")
         assert kernels.cpu_isa() == f"cpp-{best}"
+        order = ["amx_int8", "avx512_vnni", "avx2", "none"]
+        assert cpp_extension().isas() == order[order.index(best):]
 
 
 @pytest.mark.cpp
@@ -600,9 +607,10 @@ def test_cpu_isa_can_be_forced_for_ab_runs(monkeypatch, gemm_route):
     monkeypatch.setenv("IBERT_CPU_ISA", "none")
     assert kernels.cpu_isa() == "torch-fp32" and not cpp_available()
     monkeypatch.setenv("IBERT_CPU_ISA", "avx3")
-    with pytest.raises(ValueError, match="IBERT_CPU_ISA must be avx512_vnni, avx2 or none, got 'avx3'"):
+    with pytest.raises(ValueError, match="IBERT_CPU_ISA must be amx_int8, avx512_vnni, avx2 or none, got 'avx3'"):
         kernels.cpu_isa()
-    if "avx512_vnni" not in _cpu_flags():
-        monkeypatch.setenv("IBERT_CPU_ISA", "avx512_vnni")
-        with pytest.raises(RuntimeError, match="IBERT_CPU_ISA=avx512_vnni: this CPU lacks"):
-            kernels.cpu_isa()
+    for isa, flag in (("avx512_vnni", "avx512_vnni"), ("amx_int8", "amx_int8")):
+        if flag not in _cpu_flags():
+            monkeypatch.setenv("IBERT_CPU_ISA", isa)
+            with pytest.raises(RuntimeError, match=f"IBERT_CPU_ISA={isa}: this CPU lacks"):
+                kernels.cpu_isa()

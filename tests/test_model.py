@@ -242,7 +242,8 @@ def test_no_float_op_between_embedding_lookup_and_head(route, gemm_route):
     assert rec.float_ops
 
 
-@pytest.mark.parametrize("backend,isa", [("triton", None), pytest.param("cpp", "avx512_vnni", marks=pytest.mark.cpp),
+@pytest.mark.parametrize("backend,isa", [("triton", None), pytest.param("cpp", "amx_int8", marks=pytest.mark.amx),
+                                         pytest.param("cpp", "avx512_vnni", marks=pytest.mark.cpp),
                                          pytest.param("cpp", "avx2", marks=pytest.mark.cpp)])
 def test_integer_engine_backend_equals_torch(backend, isa, monkeypatch):
     """Every kernel path gives the torch path's integers: Triton, the C++ encoder layers on each instruction set."""

@@ -177,10 +177,10 @@ def test_cpu_sweep_picks_the_fastest_exact_blocking_and_the_kernels_load_it(tmp_
 def test_cpu_blocking_spaces_are_valid():
     from kernels.tuning import validate_cpu_blocking
 
-    for isa, top in autotune.CPU_MAX_ROWS.items():
+    for isa, rows in tuning.CPU_ROWS.items():
         for quick in (False, True):
             space = autotune.cpu_blocking_space(isa, quick)
-            assert space and all(validate_cpu_blocking(c) and c["rows"] <= top for c in space)
+            assert space and all(validate_cpu_blocking(c) and c["rows"] in rows for c in space)
             assert len({autotune.cpu_blocking_name(c) for c in space}) == len(space)
 
 

@@ -1,6 +1,9 @@
 // Argument checks of the C++ ops (checks.h), compiled for the baseline x86-64 ISA.
 #include "checks.h"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -88,6 +91,7 @@ void check_gelu_params(const char* op, const char* name, const torch::Tensor& pa
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAmxInt8: return "amx_int8";
     case Isa::kAvx512Vnni: return "avx512_vnni";
     case Isa::kAvx2: return "avx2";
     default: return "none";
@@ -96,12 +100,26 @@ const char* isa_name(Isa isa) {
 
 namespace {
 
+constexpr Isa kIsas[] = {Isa::kAmxInt8, Isa::kAvx512Vnni, Isa::kAvx2, Isa::kNone};  // best first
+
+// Linux lets a process use the AMX tile registers once it asks (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA).
+bool tiles_permitted() {
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool granted = syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  return granted;
+}
+
 // The features of `isa` this CPU lacks, as " f1 f2".
 std::string missing_features(Isa isa) {
   __builtin_cpu_init();
   std::string s;
   const auto need = [&](bool has, const char* name) { if (!has) s += std::string(" ") + name; };
-  if (isa == Isa::kAvx512Vnni) {
+  if (isa == Isa::kAmxInt8) {
+    s = missing_features(Isa::kAvx512Vnni);
+    need(__builtin_cpu_supports("amx-tile"), "amx_tile");
+    need(__builtin_cpu_supports("amx-int8"), "amx_int8");
+    if (s.empty()) need(tiles_permitted(), "(Linux's permission to use AMX tiles, arch_prctl ARCH_REQ_XCOMP_PERM)");
+  } else if (isa == Isa::kAvx512Vnni) {
     need(__builtin_cpu_supports("avx512f"), "avx512f");
     need(__builtin_cpu_supports("avx512bw"), "avx512bw");
     need(__builtin_cpu_supports("avx512vl"), "avx512vl");
@@ -116,16 +134,25 @@ std::string missing_features(Isa isa) {
 }  // namespace
 
 Isa isa_named(const char* what, const std::string& name) {
-  for (Isa isa : {Isa::kNone, Isa::kAvx2, Isa::kAvx512Vnni})
+  for (Isa isa : kIsas)
     if (name == isa_name(isa)) return isa;
-  TORCH_CHECK_VALUE(false, what, " must be avx512_vnni, avx2 or none, got '", name, "'");
+  TORCH_CHECK_VALUE(false, what, " must be amx_int8, avx512_vnni, avx2 or none, got '", name, "'");
   return Isa::kNone;
 }
 
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (Isa isa : kIsas)
+    if (missing_features(isa).empty()) names.push_back(isa_name(isa));
+  return names;
+}
+
 Isa simd_isa() {
-  static const Isa best = missing_features(Isa::kAvx512Vnni).empty() ? Isa::kAvx512Vnni
-                          : missing_features(Isa::kAvx2).empty()      ? Isa::kAvx2
-                                                                      : Isa::kNone;
+  static const Isa best = [] {
+    for (Isa isa : kIsas)
+      if (missing_features(isa).empty()) return isa;
+    return Isa::kNone;
+  }();
   const char* forced = std::getenv("IBERT_CPU_ISA");
   if (!forced || !*forced) return best;
   const Isa isa = isa_named("IBERT_CPU_ISA", forced);
@@ -140,7 +167,7 @@ Isa require_simd(const char* op, Isa need) {
   const std::string missing = missing_features(need);
   TORCH_CHECK(!missing.empty(), op, ": the C++ kernels run on ", isa_name(isa), " here (IBERT_CPU_ISA), this op needs ",
               isa_name(need));
-  TORCH_CHECK(false, op, ": the C++ kernels need ", need == Isa::kAvx2 ? "AVX2" : "AVX-512 VNNI", "; this CPU lacks",
+  TORCH_CHECK(false, op, ": the C++ kernels need ", need == Isa::kAvx2 ? "AVX2" : isa_name(need), "; this CPU lacks",
               missing, " (the torch backend runs everywhere)");
   return isa;
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ibert {
 
@@ -36,17 +37,22 @@ void check_softmax_params(const char* op, const char* name, const torch::Tensor&
 // int64 [5] i-GELU constants (gelu_params) that fit int32, with shifts below 32.
 void check_gelu_params(const char* op, const char* name, const torch::Tensor& params);
 
-// The instruction sets the kernels are compiled for (simd.h), in order; every op has a kernel for each.
-enum class Isa { kNone, kAvx2, kAvx512Vnni };
+// The instruction sets the kernels are compiled for (simd.h), in order; every op has a kernel for each (on
+// kAmxInt8, the ops without a tile kernel run their AVX-512 VNNI one).
+enum class Isa { kNone, kAvx2, kAvx512Vnni, kAmxInt8 };
 
 const char* isa_name(Isa isa);
 
-// The Isa of that name ("avx512_vnni", "avx2", "none"); a ValueError naming `what` otherwise.
+// The Isa of that name ("amx_int8", "avx512_vnni", "avx2", "none"); a ValueError naming `what` otherwise.
 Isa isa_named(const char* what, const std::string& name);
 
-// The best of them this CPU has, or the one the environment variable IBERT_CPU_ISA names ("avx512_vnni", "avx2",
-// "none") for A/B runs: an error if the CPU lacks it or the name is unknown.
+// The best of them this CPU has (AMX also needs Linux's permission to use tiles, which the first call requests),
+// or the one the environment variable IBERT_CPU_ISA names for A/B runs: an error if the CPU lacks it or the name is
+// unknown.
 Isa simd_isa();
+
+// The names of the instruction sets this CPU (and OS) can run, best first: what IBERT_CPU_ISA may name.
+std::vector<std::string> available_isas();
 
 // simd_isa(), or an error unless it is at least `need`, naming the CPU features missing.
 Isa require_simd(const char* op, Isa need);

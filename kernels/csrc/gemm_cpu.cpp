@@ -1,8 +1,8 @@
-// int8 x int8 -> int32 linear layers for x86 CPUs with AVX-512 VNNI or AVX2, with the requantization (and the
+// int8 x int8 -> int32 linear layers for x86 CPUs with AMX-INT8, AVX-512 VNNI or AVX2, with the requantization (and the
 // residual add, or i-GELU) applied to the accumulators while they are in registers or L1. Bit-exact with
 // kernels.gemm's references.
 //
-// The weights are stored once as w + 128 (uint8, packed in panels of 64 output channels), the layout both ISAs read.
+// The weights are stored once as w + 128 (uint8, packed in panels of 64 output channels), the layout every ISA reads.
 // vpdpbusd (AVX-512 VNNI) multiplies uint8 by int8, so it reads them as they are and the activations too:
 // a . (w + 128) = a . w + 128 rowsum(a). AVX2 has no int8 dot product: see the avx2 namespace.
 #include "checks.h"
@@ -329,6 +329,137 @@ void tile_rows(int64_t rows, const int8_t* a, int64_t K, const uint8_t* panel, b
 
 }  // namespace avx2
 
+// AMX: eight tile registers of 16 rows x 64 bytes; tdpbsud adds to a 16 x 16 int32 tile the products of a 16 x 64
+// int8 tile (16 rows of a, 64 of K) with a 16 x 64 uint8 one (16 groups of 4 of K x 16 channels x 4): the layout of
+// 16 of a panel's channels, 256 bytes apart. So the tiles read pack_weight's panels as they are and, as vpdpbusd,
+// a . (w + 128), corrected by the same 128 rowsum(a). A micro-tile is 16 or 32 rows x half a panel (32 channels):
+// the threads take (block of rows, half panel) units, so that the 32 channels' weights stay in L1 while the block's
+// rows stream past them.
+namespace amx {
+
+constexpr int64_t kNC = 32;  // channels per micro-tile
+
+IBERT_AMX_BEGIN
+
+// Every tile 16 rows x 64 bytes (palette 1). A thread loads it before its first tile instruction: the tile state
+// is per thread, and another library (oneDNN) may have loaded its own between two of our calls.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// The tiles configured for one thread's share of the work, released after it.
+struct TileScope {
+  TileScope() {
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+  }
+  ~TileScope() { _tile_release(); }
+};
+
+constexpr int64_t kPanelRow = kNR * 4;  // bytes of a panel per group of 4 of K
+constexpr int64_t kTileRow = kNC * 4;   // bytes per row of a micro-tile's int32 accumulators
+
+// Into L1: the 64 bytes at k of `rows` rows of a, and the weights of 32 channels for those 64 of K. A tile load
+// from L2 stalls the products behind it (the tile registers are not renamed), so each step asks for the next.
+inline void prefetch_step(const int8_t* a, int64_t lda, int rows, int64_t k, const uint8_t* b) {
+  for (int r = 0; r < rows; ++r) _mm_prefetch(reinterpret_cast<const char*>(a + r * lda + k), _MM_HINT_T0);
+  for (int g = 0; g < 16; ++g) {
+    _mm_prefetch(reinterpret_cast<const char*>(b + (k / 4 + g) * kPanelRow), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + (k / 4 + g) * kPanelRow + 64), _MM_HINT_T0);
+  }
+}
+
+// The accumulators of 16 RT rows of a (row stride lda; those rows exist) x 32 channels of a panel (b: their first
+// byte) over K's first K64 (a multiple of 64): tile[r][c] = a[r] . (w[c] + 128). A load into a tile register waits
+// for the products that read it, so the operands alternate between registers.
+template <int RT>
+void accumulate(const int8_t* a, int64_t lda, int64_t K64, const uint8_t* b, int32_t (*tile)[kNC]) {
+  if constexpr (RT == 2) {  // tiles 0-3 accumulate 2 x 2 blocks of 16 x 16; 4-5 hold a, 6-7 the weights
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t k = 0; k < K64; k += 64) {
+      if (k + 64 < K64) prefetch_step(a, lda, 32, k + 64, b);
+      const uint8_t* bk = b + k / 4 * kPanelRow;
+      _tile_loadd(4, a + k, lda);
+      _tile_loadd(6, bk, kPanelRow);
+      _tile_dpbsud(0, 4, 6);
+      _tile_loadd(7, bk + 64, kPanelRow);
+      _tile_dpbsud(1, 4, 7);
+      _tile_loadd(5, a + 16 * lda + k, lda);
+      _tile_dpbsud(2, 5, 6);
+      _tile_dpbsud(3, 5, 7);
+    }
+    _tile_stored(0, tile[0], kTileRow); _tile_stored(1, tile[0] + 16, kTileRow);
+    _tile_stored(2, tile[16], kTileRow); _tile_stored(3, tile[16] + 16, kTileRow);
+  } else {  // tiles 0-1 accumulate 1 x 2 blocks; the operands of even steps in 2, 4, 5, of odd ones in 3, 6, 7
+    _tile_zero(0); _tile_zero(1);
+    for (int64_t k = 0; k < K64; k += 128) {
+      if (k + 128 < K64) prefetch_step(a, lda, 16, k + 128, b);
+      if (k + 192 < K64) prefetch_step(a, lda, 16, k + 192, b);
+      const uint8_t* bk = b + k / 4 * kPanelRow;
+      _tile_loadd(2, a + k, lda);
+      _tile_loadd(4, bk, kPanelRow);
+      _tile_loadd(5, bk + 64, kPanelRow);
+      _tile_dpbsud(0, 2, 4);
+      _tile_dpbsud(1, 2, 5);
+      if (k + 64 == K64) break;
+      _tile_loadd(3, a + k + 64, lda);
+      _tile_loadd(6, bk + 16 * kPanelRow, kPanelRow);
+      _tile_loadd(7, bk + 16 * kPanelRow + 64, kPanelRow);
+      _tile_dpbsud(0, 3, 6);
+      _tile_dpbsud(1, 3, 7);
+    }
+    _tile_stored(0, tile[0], kTileRow); _tile_stored(1, tile[0] + 16, kTileRow);
+  }
+}
+
+// One micro-tile: rows [row, row + rows) (rows <= 16 RT) x the 32 channels n0 .. of a panel (b: their first byte),
+// accumulated and requantized. a: the micro-tile's first row of 16 RT (stride K, K a multiple of 4); comp: 128
+// rowsum(a) per row. The groups of K past its last multiple of 64 (fewer than 16) take vpdpbusd.
+template <int RT>
+void micro_tile(const int8_t* a, int64_t K, const uint8_t* b, const int32_t* comp, int64_t rows, int64_t row,
+                int64_t n0, int64_t N, const Epilogue& ep, void* out) {
+  alignas(64) int32_t tile[16 * RT][kNC];
+  const int64_t K64 = K / 64 * 64;
+  accumulate<RT>(a, K, K64, b, tile);
+  for (int64_t r = 0; r < rows && K64 < K; ++r) {
+    __m512i c0 = _mm512_load_si512(tile[r]), c1 = _mm512_load_si512(tile[r] + 16);
+    for (int64_t g = K64 / 4; g < K / 4; ++g) {
+      int32_t a4;
+      std::memcpy(&a4, a + r * K + g * 4, 4);
+      const __m512i av = _mm512_set1_epi32(a4);
+      dpbusd(c0, _mm512_loadu_si512(b + g * kPanelRow), av);
+      dpbusd(c1, _mm512_loadu_si512(b + g * kPanelRow + 64), av);
+    }
+    _mm512_store_si512(tile[r], c0);
+    _mm512_store_si512(tile[r] + 16, c1);
+  }
+  const Epilogue local = ep;  // as in the AVX-512 micro_tile
+  for (int64_t n = n0; n < std::min(N, n0 + kNC); n += 16) {
+    const Column col = column(n, N, local);
+    const __m512i bias = local.bias ? _mm512_maskz_loadu_epi32(col.keep, local.bias + n) : _mm512_setzero_si512();
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i acc = _mm512_sub_epi32(_mm512_add_epi32(_mm512_load_si512(tile[r] + (n - n0)), bias),
+                                           _mm512_set1_epi32(comp[row + r]));
+      epilogue16(acc, row + r, n, N, col, local, out);
+    }
+  }
+}
+
+IBERT_AMX_END
+
+void tile_rows(int64_t rows_per_tile, const int8_t* a, int64_t K, const uint8_t* b, const int32_t* comp,
+               int64_t rows, int64_t row, int64_t n0, int64_t N, const Epilogue& ep, void* out) {
+  if (rows_per_tile == 32) {
+    micro_tile<2>(a, K, b, comp, rows, row, n0, N, ep, out);
+  } else {
+    micro_tile<1>(a, K, b, comp, rows, row, n0, N, ep, out);
+  }
+}
+
+}  // namespace amx
+
 namespace {
 
 std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) {
@@ -338,7 +469,8 @@ std::vector<int32_t> per_channel(const torch::Tensor& x, int64_t n, int64_t np) 
   return out;
 }
 
-// How linear() splits its work: rows per micro-tile (1 .. the ISA's kMR), micro-tiles per block of rows, and the
+// How linear() splits its work: rows per micro-tile (1 .. the ISA's kMR; 16 or 32 on AMX), micro-tiles per block
+// of rows, and the
 // order of the (block, panel) units the threads take: a block's panels in a row (the block's activations stay in
 // L2) or a panel's blocks in a row (the panel stays in L2). scripts/autotune.py sweeps them per shape.
 struct Blocking {
@@ -346,14 +478,18 @@ struct Blocking {
   bool panel_major;
 };
 
-int64_t max_rows(ibert::Isa isa) { return isa == ibert::Isa::kAvx512Vnni ? kMR : avx2::kMR; }
+int64_t max_rows(ibert::Isa isa) {
+  return isa == ibert::Isa::kAmxInt8 ? 32 : isa == ibert::Isa::kAvx512Vnni ? kMR : avx2::kMR;
+}
 
-Blocking default_blocking(ibert::Isa isa) { return {max_rows(isa), 16, false}; }
+Blocking default_blocking(ibert::Isa isa) { return {max_rows(isa), isa == ibert::Isa::kAmxInt8 ? 4 : 16, false}; }
 
 // b: [rows, tiles, panel_major].
 Blocking checked_blocking(const char* op, ibert::Isa isa, c10::IntArrayRef b) {
   TORCH_CHECK_VALUE(b.size() == 3, op, ": a blocking is [rows, tiles, panel_major], got ", b.size(), " values");
   ibert::check_range(op, "the blocking's rows per micro-tile", b[0], 1, max_rows(isa));
+  TORCH_CHECK_VALUE(isa != ibert::Isa::kAmxInt8 || b[0] == 16 || b[0] == 32, op,
+                    ": the blocking's rows per micro-tile must be 16 or 32 on amx_int8, got ", b[0]);
   ibert::check_range(op, "the blocking's micro-tiles per block", b[1], 1, 4096);
   ibert::check_range(op, "the blocking's panel_major", b[2], 0, 1);
   return {b[0], b[1], b[2] == 1};
@@ -377,13 +513,17 @@ Blocking blocking_for(ibert::Isa isa, int64_t M, int64_t N, int64_t K) {
 
 // Runs tile(rows, first row, panel) over the micro-tiles of `b.rows` rows x every panel. The work is a list of
 // (block of `b.tiles` micro-tiles' rows, panel) units in the blocking's order: the threads take the next unit as
-// they finish one, so a slower core gets less of it. A panel is reused by every tile of its block.
-template <typename Tile>
+// they finish one, so a slower core gets less of it. A panel is reused by every tile of its block. Each thread
+// holds a Scope (the AMX tile configuration) while it works.
+struct NoScope {};
+
+template <typename Scope = NoScope, typename Tile>
 void for_each_tile(int64_t M, int64_t panels, const Blocking& b, const Tile& tile) {
   const int64_t tiles = (M + b.rows - 1) / b.rows, blocks = (tiles + b.tiles - 1) / b.tiles;
   const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    [[maybe_unused]] const Scope scope{};
     for (int64_t u = next++; u < units; u = next++) {
       const int64_t block = b.panel_major ? u % blocks : u / panels, p = b.panel_major ? u / blocks : u % panels;
       for (int64_t t = block * b.tiles; t < std::min(tiles, (block + 1) * b.tiles); ++t)
@@ -462,14 +602,28 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   const int8_t* ap = a.data_ptr<int8_t>();
   const uint8_t* bp = packed.data_ptr<uint8_t>();
   void* dst = out.data_ptr();
-  if (isa == ibert::Isa::kAvx512Vnni) {
+  if (isa >= ibert::Isa::kAvx512Vnni) {
     std::vector<int32_t> comp(M);
     row_compensation(ap, M, K, comp.data());
     ep.bias = bias.numel() ? bias.data_ptr<int32_t>() : nullptr;
     const int32_t* cp = comp.data();
-    for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
-      tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
-    });
+    if (isa == ibert::Isa::kAmxInt8) {
+      // The tiles read b.rows rows: a last micro-tile of fewer reads them from a copy padded with zero rows.
+      const int64_t full = M / b.rows * b.rows;
+      std::vector<int8_t> last(full < M ? b.rows * K : 0, 0);
+      if (full < M) std::memcpy(last.data(), ap + full * K, (M - full) * K);
+      constexpr int64_t halves = kNR / amx::kNC;
+      for_each_tile<amx::TileScope>(M, panels * halves, b, [&](int64_t rows, int64_t row, int64_t h) {
+        const int64_t p = h / halves, c = h % halves * amx::kNC;
+        if (p * kNR + c >= N) return;  // the padding of the last panel
+        amx::tile_rows(b.rows, row < full ? ap + row * K : last.data(), K, bp + p * K * kNR + c * 4, cp, rows, row,
+                       p * kNR + c, N, ep, dst);
+      });
+    } else {
+      for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
+        tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
+      });
+    }
   } else {
     const std::vector<int32_t> bc = bias.numel() ? per_channel(bias, N, Np) : std::vector<int32_t>(Np, 0);
     ep.bias = bc.data();

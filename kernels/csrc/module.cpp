@@ -18,6 +18,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("layernorm", &layernorm, "integer-only LayerNorm", arg("x"), arg("eps_t"), arg("m_t"), arg("e_t"),
           arg("beta_t"), arg("out_bits"), py::call_guard<py::gil_scoped_release>());
   mod.def("isa", [] { return std::string(ibert::isa_name(ibert::simd_isa())); },
-          "the instruction set the kernels run on: avx512_vnni, avx2 or none (IBERT_CPU_ISA forces one)");
+          "the instruction set the kernels run on: amx_int8, avx512_vnni, avx2 or none (IBERT_CPU_ISA forces one)");
+  mod.def("isas", &ibert::available_isas, "the instruction sets this CPU can run, best first (for IBERT_CPU_ISA)");
   mod.def("layer_buffer_names", &layer_buffer_names, "the names of ibert::encoder_layer_cpp's buffers, in order");
 }

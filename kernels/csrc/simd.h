@@ -1,9 +1,9 @@
 // Helpers shared by the C++ kernels (x86: AVX-512 VNNI, and AVX2).
 //
 // The module is built on every x86-64 host, for the baseline ISA: only the code between IBERT_SIMD_BEGIN and
-// IBERT_SIMD_END is compiled for AVX-512 VNNI (IBERT_AVX2_BEGIN/END: AVX2), and it is reached only after an op has
-// checked its arguments and the CPU (checks.h). So a CPU without those features gets an error that says so, never an
-// illegal instruction.
+// IBERT_SIMD_END is compiled for AVX-512 VNNI (IBERT_AVX2_BEGIN/END: AVX2; IBERT_AMX_BEGIN/END: AVX-512 VNNI and
+// the AMX tiles), and it is reached only after an op has checked its arguments and the CPU (checks.h). So a CPU
+// without those features gets an error that says so, never an illegal instruction.
 #pragma once
 #include <immintrin.h>
 
@@ -14,6 +14,10 @@
 #define IBERT_SIMD_BEGIN \
   _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vnni\")")
 #define IBERT_SIMD_END _Pragma("GCC pop_options")
+#define IBERT_AMX_BEGIN \
+  _Pragma("GCC push_options")  \
+  _Pragma("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8\")")
+#define IBERT_AMX_END _Pragma("GCC pop_options")
 #define IBERT_AVX2_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx2\")")
 #define IBERT_AVX2_END _Pragma("GCC pop_options")
 
