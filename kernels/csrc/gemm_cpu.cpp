@@ -349,15 +349,6 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
 };
 
-// The tiles configured for one thread's share of the work, released after it.
-struct TileScope {
-  TileScope() {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
-  }
-  ~TileScope() { _tile_release(); }
-};
-
 constexpr int64_t kPanelRow = kNR * 4;  // bytes of a panel per group of 4 of K
 constexpr int64_t kTileRow = kNC * 4;   // bytes per row of a micro-tile's int32 accumulators
 
@@ -371,11 +362,37 @@ inline void prefetch_step(const int8_t* a, int64_t lda, int rows, int64_t k, con
   }
 }
 
+// A finished micro-tile's accumulators (bias - 128 rowsum(a) not yet added) and the state of its epilogue, which
+// runs 16 outputs at a time in slices between the tile steps of the next micro-tile: the AMX unit multiplies while
+// the vector units requantize.
+struct Finished {
+  alignas(64) int32_t acc[32][kNC];
+  Column col[kNC / 16];
+  __m512i bias[kNC / 16];
+  int64_t rows = 0, row = 0, n0 = 0, cols = 0;  // rows x (cols vectors of 16 channels) outputs at (row, n0)
+  int64_t j = 0, r = 0;                           // the next vector: channels n0 + 16 j of row + r
+
+  int64_t left() const { return (cols - j) * rows - r; }
+
+  // Requantizes the next `count` vectors (at most those left).
+  void requantize(int64_t count, const int32_t* comp, int64_t N, const Epilogue& ep, void* out) {
+    const Epilogue local = ep;  // as in the AVX-512 micro_tile
+    for (; j < cols && count > 0; --count) {
+      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(_mm512_load_si512(acc[r] + 16 * j), bias[j]),
+                                           _mm512_set1_epi32(comp[row + r]));
+      epilogue16(sum, row + r, n0 + 16 * j, N, col[j], local, out);
+      if (++r == rows) r = 0, ++j;
+    }
+  }
+};
+
 // The accumulators of 16 RT rows of a (row stride lda; those rows exist) x 32 channels of a panel (b: their first
-// byte) over K's first K64 (a multiple of 64): tile[r][c] = a[r] . (w[c] + 128). A load into a tile register waits
-// for the products that read it, so the operands alternate between registers.
-template <int RT>
-void accumulate(const int8_t* a, int64_t lda, int64_t K64, const uint8_t* b, int32_t (*tile)[kNC]) {
+// byte) over K's first K64 (a multiple of 64) into tile: tile[r][c] = a[r] . (w[c] + 128), with slice() (a part of
+// the previous micro-tile's epilogue) after each step. A load into a tile register waits for the products that read
+// it, so the operands alternate between registers.
+template <int RT, typename Slice>
+void accumulate(const int8_t* a, int64_t lda, int64_t K64, const uint8_t* b, int32_t (*tile)[kNC],
+                const Slice& slice) {
   if constexpr (RT == 2) {  // tiles 0-3 accumulate 2 x 2 blocks of 16 x 16; 4-5 hold a, 6-7 the weights
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
     for (int64_t k = 0; k < K64; k += 64) {
@@ -389,6 +406,7 @@ void accumulate(const int8_t* a, int64_t lda, int64_t K64, const uint8_t* b, int
       _tile_loadd(5, a + 16 * lda + k, lda);
       _tile_dpbsud(2, 5, 6);
       _tile_dpbsud(3, 5, 7);
+      slice();
     }
     _tile_stored(0, tile[0], kTileRow); _tile_stored(1, tile[0] + 16, kTileRow);
     _tile_stored(2, tile[16], kTileRow); _tile_stored(3, tile[16] + 16, kTileRow);
@@ -403,29 +421,25 @@ void accumulate(const int8_t* a, int64_t lda, int64_t K64, const uint8_t* b, int
       _tile_loadd(5, bk + 64, kPanelRow);
       _tile_dpbsud(0, 2, 4);
       _tile_dpbsud(1, 2, 5);
+      slice();
       if (k + 64 == K64) break;
       _tile_loadd(3, a + k + 64, lda);
       _tile_loadd(6, bk + 16 * kPanelRow, kPanelRow);
       _tile_loadd(7, bk + 16 * kPanelRow + 64, kPanelRow);
       _tile_dpbsud(0, 3, 6);
       _tile_dpbsud(1, 3, 7);
+      slice();
     }
     _tile_stored(0, tile[0], kTileRow); _tile_stored(1, tile[0] + 16, kTileRow);
   }
 }
 
-// One micro-tile: rows [row, row + rows) (rows <= 16 RT) x the 32 channels n0 .. of a panel (b: their first byte),
-// accumulated and requantized. a: the micro-tile's first row of 16 RT (stride K, K a multiple of 4); comp: 128
-// rowsum(a) per row. The groups of K past its last multiple of 64 (fewer than 16) take vpdpbusd.
-template <int RT>
-void micro_tile(const int8_t* a, int64_t K, const uint8_t* b, const int32_t* comp, int64_t rows, int64_t row,
-                int64_t n0, int64_t N, const Epilogue& ep, void* out) {
-  alignas(64) int32_t tile[16 * RT][kNC];
-  const int64_t K64 = K / 64 * 64;
-  accumulate<RT>(a, K, K64, b, tile);
-  for (int64_t r = 0; r < rows && K64 < K; ++r) {
+// Adds to tile the groups of K past its last multiple of 64 (fewer than 16) of `rows` rows of a (stride K) x 32
+// channels of a panel (b), on vpdpbusd.
+inline void accumulate_k_tail(const int8_t* a, int64_t K, const uint8_t* b, int64_t rows, int32_t (*tile)[kNC]) {
+  for (int64_t r = 0; r < rows; ++r) {
     __m512i c0 = _mm512_load_si512(tile[r]), c1 = _mm512_load_si512(tile[r] + 16);
-    for (int64_t g = K64 / 4; g < K / 4; ++g) {
+    for (int64_t g = K / 64 * 16; g < K / 4; ++g) {
       int32_t a4;
       std::memcpy(&a4, a + r * K + g * 4, 4);
       const __m512i av = _mm512_set1_epi32(a4);
@@ -435,28 +449,70 @@ void micro_tile(const int8_t* a, int64_t K, const uint8_t* b, const int32_t* com
     _mm512_store_si512(tile[r], c0);
     _mm512_store_si512(tile[r] + 16, c1);
   }
-  const Epilogue local = ep;  // as in the AVX-512 micro_tile
-  for (int64_t n = n0; n < std::min(N, n0 + kNC); n += 16) {
-    const Column col = column(n, N, local);
-    const __m512i bias = local.bias ? _mm512_maskz_loadu_epi32(col.keep, local.bias + n) : _mm512_setzero_si512();
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m512i acc = _mm512_sub_epi32(_mm512_add_epi32(_mm512_load_si512(tile[r] + (n - n0)), bias),
-                                           _mm512_set1_epi32(comp[row + r]));
-      epilogue16(acc, row + r, n, N, col, local, out);
-    }
-  }
 }
+
+// One thread's share of linear() on the tiles: micro-tiles of 16 RT rows x 32 channels, each one's epilogue run
+// during the next one's products (the last one's when the worker ends), with the tile configuration loaded
+// meanwhile (the tile state is per thread, and another library, oneDNN, may have loaded its own since our last call).
+class Worker {
+ public:
+  // a: [M, K] int8 (K a multiple of 4), its rows from `full` on also in `last`, padded with zero rows to a whole
+  // micro-tile (the tiles read 16 RT rows); packed: pack_weight's panels; comp: 128 rowsum(a) per row.
+  Worker(const int8_t* a, const int8_t* last, int64_t full, int64_t K, const uint8_t* packed, const int32_t* comp,
+         int64_t rows_per_tile, int64_t N, const Epilogue& ep, void* out)
+      : a_(a), last_(last), full_(full), K_(K), packed_(packed), comp_(comp), rt_(rows_per_tile / 16), N_(N), ep_(ep),
+        out_(out) {
+    static const TileConfig config;
+    _tile_loadconfig(&config);
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker() {
+    Finished& prev = slots_[1 - next_];
+    prev.requantize(prev.left(), comp_, N_, ep_, out_);
+    _tile_release();
+  }
+
+  // Rows [row, row + rows) x the 32 channels of half panel h.
+  void operator()(int64_t rows, int64_t row, int64_t h) {
+    const int64_t n0 = h * kNC;
+    if (n0 >= N_) return;  // the padding of the last panel
+    const int8_t* a = row < full_ ? a_ + row * K_ : last_;
+    const uint8_t* b = packed_ + h / 2 * K_ * kNR + h % 2 * kNC * 4;
+    Finished &now = slots_[next_], &prev = slots_[1 - next_];
+    const int64_t K64 = K_ / 64 * 64, steps = std::max<int64_t>(K64 / 64, 1);
+    const int64_t per_step = (prev.left() + steps - 1) / steps;
+    const auto slice = [&] { prev.requantize(per_step, comp_, N_, ep_, out_); };
+    if (rt_ == 2) {
+      accumulate<2>(a, K_, K64, b, now.acc, slice);
+    } else {
+      accumulate<1>(a, K_, K64, b, now.acc, slice);
+    }
+    prev.requantize(prev.left(), comp_, N_, ep_, out_);
+    if (K64 < K_) accumulate_k_tail(a, K_, b, rows, now.acc);
+    now.rows = rows, now.row = row, now.n0 = n0, now.cols = (std::min(N_, n0 + kNC) - n0 + 15) / 16;
+    now.j = now.r = 0;
+    for (int64_t j = 0; j < now.cols; ++j) {
+      now.col[j] = column(n0 + 16 * j, N_, ep_);
+      now.bias[j] = ep_.bias ? _mm512_maskz_loadu_epi32(now.col[j].keep, ep_.bias + n0 + 16 * j)
+                             : _mm512_setzero_si512();
+    }
+    next_ = 1 - next_;
+  }
+
+ private:
+  const int8_t *a_, *last_;
+  int64_t full_, K_;
+  const uint8_t* packed_;
+  const int32_t* comp_;
+  int64_t rt_, N_;
+  const Epilogue& ep_;
+  void* out_;
+  Finished slots_[2];
+  int next_ = 0;
+};
 
 IBERT_AMX_END
-
-void tile_rows(int64_t rows_per_tile, const int8_t* a, int64_t K, const uint8_t* b, const int32_t* comp,
-               int64_t rows, int64_t row, int64_t n0, int64_t N, const Epilogue& ep, void* out) {
-  if (rows_per_tile == 32) {
-    micro_tile<2>(a, K, b, comp, rows, row, n0, N, ep, out);
-  } else {
-    micro_tile<1>(a, K, b, comp, rows, row, n0, N, ep, out);
-  }
-}
 
 }  // namespace amx
 
@@ -511,19 +567,17 @@ Blocking blocking_for(ibert::Isa isa, int64_t M, int64_t N, int64_t K) {
   return above == by_m.end() || M - below->first <= above->first - M ? below->second : above->second;
 }
 
-// Runs tile(rows, first row, panel) over the micro-tiles of `b.rows` rows x every panel. The work is a list of
-// (block of `b.tiles` micro-tiles' rows, panel) units in the blocking's order: the threads take the next unit as
-// they finish one, so a slower core gets less of it. A panel is reused by every tile of its block. Each thread
-// holds a Scope (the AMX tile configuration) while it works.
-struct NoScope {};
-
-template <typename Scope = NoScope, typename Tile>
-void for_each_tile(int64_t M, int64_t panels, const Blocking& b, const Tile& tile) {
+// Runs tile(rows, first row, panel) over the micro-tiles of `b.rows` rows x every panel, each thread on its own
+// tile = make_tile() (a thread's state lives in it). The work is a list of (block of `b.tiles` micro-tiles' rows,
+// panel) units in the blocking's order: the threads take the next unit as they finish one, so a slower core gets
+// less of it. A panel is reused by every tile of its block.
+template <typename MakeTile>
+void for_each_tile(int64_t M, int64_t panels, const Blocking& b, const MakeTile& make_tile) {
   const int64_t tiles = (M + b.rows - 1) / b.rows, blocks = (tiles + b.tiles - 1) / b.tiles;
   const int64_t units = blocks * panels, threads = std::min<int64_t>(at::get_num_threads(), units);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    [[maybe_unused]] const Scope scope{};
+    auto tile = make_tile();
     for (int64_t u = next++; u < units; u = next++) {
       const int64_t block = b.panel_major ? u % blocks : u / panels, p = b.panel_major ? u / blocks : u % panels;
       for (int64_t t = block * b.tiles; t < std::min(tiles, (block + 1) * b.tiles); ++t)
@@ -612,24 +666,23 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
       const int64_t full = M / b.rows * b.rows;
       std::vector<int8_t> last(full < M ? b.rows * K : 0, 0);
       if (full < M) std::memcpy(last.data(), ap + full * K, (M - full) * K);
-      constexpr int64_t halves = kNR / amx::kNC;
-      for_each_tile<amx::TileScope>(M, panels * halves, b, [&](int64_t rows, int64_t row, int64_t h) {
-        const int64_t p = h / halves, c = h % halves * amx::kNC;
-        if (p * kNR + c >= N) return;  // the padding of the last panel
-        amx::tile_rows(b.rows, row < full ? ap + row * K : last.data(), K, bp + p * K * kNR + c * 4, cp, rows, row,
-                       p * kNR + c, N, ep, dst);
-      });
+      for_each_tile(M, panels * kNR / amx::kNC, b,
+                    [&] { return amx::Worker(ap, last.data(), full, K, bp, cp, b.rows, N, ep, dst); });
     } else {
-      for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
-        tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
+      for_each_tile(M, panels, b, [&] {
+        return [&](int64_t rows, int64_t row, int64_t p) {
+          tile_rows(rows, ap, K, bp + p * K * kNR, cp, row, p * kNR, N, ep, dst);
+        };
       });
     }
   } else {
     const std::vector<int32_t> bc = bias.numel() ? per_channel(bias, N, Np) : std::vector<int32_t>(Np, 0);
     ep.bias = bc.data();
     const bool any_int8 = M * K > 0 && std::memchr(ap, 0x80, M * K) != nullptr;  // a holds -128
-    for_each_tile(M, panels, b, [&](int64_t rows, int64_t row, int64_t p) {
-      avx2::tile_rows(rows, ap, K, bp + p * K * kNR, any_int8, row, p * kNR, N, ep, dst);
+    for_each_tile(M, panels, b, [&] {
+      return [&](int64_t rows, int64_t row, int64_t p) {
+        avx2::tile_rows(rows, ap, K, bp + p * K * kNR, any_int8, row, p * kNR, N, ep, dst);
+      };
     });
   }
   return out;
