@@ -43,7 +43,7 @@ TUNED_DIR = Path(__file__).parent / "tuned"
 # The rows per micro-tile of the C++ linear kernel on each ISA (gemm_cpu.cpp: max_rows, the AMX tiles' 16 rows) and
 # the blocking it takes without a tuned one (default_blocking).
 CPU_ROWS = {"amx_int8": (16, 32), "avx512_vnni": tuple(range(1, 7)), "avx2": tuple(range(1, 6))}
-CPU_DEFAULT_BLOCKING = {"amx_int8": dict(rows=32, tiles=4, order="blocks"),
+CPU_DEFAULT_BLOCKING = {"amx_int8": dict(rows=32, tiles=8, order="panels"),
                         "avx512_vnni": dict(rows=6, tiles=16, order="blocks"),
                         "avx2": dict(rows=5, tiles=16, order="blocks")}
 CPU_BLOCKING_KEYS = ("rows", "tiles", "order")

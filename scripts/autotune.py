@@ -352,7 +352,7 @@ def cpu_tune(quick: bool, out: Path) -> None:
     for isa in isas:
         isa_rows, best[isa] = cpu_linear_sweep(isa, cpu_blocking_space(isa, quick), sizes)
         rows += isa_rows
-        heatmap([r for r in isa_rows if not r["error"]], "vs_best", out / f"cpu_linear_{isa}.png",
+        heatmap([r for r in isa_rows if not r["error"]], "vs_best", out / f"cpu_linear_{cpu_id()}_{isa}.png",
                 f"C++ linear on {isa}, {cpu_name()}: time / the shape's best")
     write_csv(rows, out / f"cpu_linear_{cpu_id()}.csv")
     path = cpu_tuned_path()

@@ -1,7 +1,8 @@
 """Per-op benchmark: each integer op against the float op it replaces, at BERT-base/large shapes.
 
 CPU: "auto" (the C++ kernels where they build; gelu, softmax: the torch backend with compiled integer code) vs
-fp32/bf16 and oneDNN's int8 `torch._int_mm` (attention: fp32 `scaled_dot_product_attention`). GPU: Triton vs
+fp32/bf16 and oneDNN's int8 `torch._int_mm` (attention: fp32 `scaled_dot_product_attention`); on a CPU with AMX
+the GEMMs' share of the tiles' peak (a register-only tdpbssd loop on every thread). GPU: Triton vs
 torch._int_mm vs fp16.
     python scripts/bench_kernels.py [--device cuda] [--quick]
 Prints markdown tables and appends every figure to benchmarks/results.csv.
@@ -9,6 +10,7 @@ Prints markdown tables and appends every figure to benchmarks/results.csv.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +22,28 @@ GEMM_KN = [(768, 768), (768, 3072), (3072, 768), (1024, 1024), (1024, 4096), (40
 GEMM_M = [128, 1024, 4096]
 
 
+def amx_tile_peak() -> float | None:
+    """The AMX tiles' peak here (int8 ops/s of a register-only tdpbssd loop on every thread), None without AMX."""
+    from kernels._cpu import cpp_extension
+
+    module = cpp_extension()
+    if module is None or "amx_int8" not in module.isas():
+        return None
+    module.amx_tile_loop(2_000_000)  # the tile unit wakes up
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        macs = module.amx_tile_loop(20_000_000)
+        rates.append(2 * macs / (time.perf_counter() - start))
+    return max(rates)
+
+
 def bench_gemm(device: str, ms: list[int]) -> list[dict]:
     rows = []
     cpu = device == "cpu"
+    peak = amx_tile_peak() if cpu else None
+    if peak:
+        print(f"AMX tile peak (register-only tdpbssd, {torch.get_num_threads()} threads): {peak / 1e12:.2f} TOPS")
     for M in ms:
         for K, N in GEMM_KN:
             a = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=device)
@@ -45,6 +66,7 @@ def bench_gemm(device: str, ms: list[int]) -> list[dict]:
             case = f"M={M} K={K} N={N}"
             row = {"case": case, **{f"{k} ms": f"{v:.3f}" for k, v in t.items()},
                    "int8+requant TOPS": f"{flops / t['int8+requant'] / 1e9:.2f}",
+                   **({"of the tile peak": f"{flops / t['int8+requant'] * 1e3 / peak:.0%}"} if peak else {}),
                    "speedup vs fp32": f"{t['fp32'] / t['int8+requant']:.2f}x"}
             rows.append(row)
             append_rows([{"device": device_name(device), "benchmark": "gemm", "case": case, "impl": k, "ms": f"{v:.4f}",

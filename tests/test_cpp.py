@@ -324,3 +324,12 @@ def test_the_forced_vnni_path_still_runs_on_an_amx_cpu(monkeypatch):
     assert linear_blocking(100, 64, 36) == CPU_DEFAULT_BLOCKING["avx512_vnni"]  # a shape no tuned file holds
     monkeypatch.delenv("IBERT_CPU_ISA")
     assert cpp_isa() == "amx_int8"
+
+
+@pytest.mark.amx
+def test_amx_tile_loop_runs_on_every_thread():
+    from kernels._cpu import cpp_ops
+
+    assert cpp_ops().amx_tile_loop(1000) == torch.get_num_threads() * 1000 * 4 * 16 * 16 * 64
+    with pytest.raises(ValueError, match="steps"):
+        cpp_ops().amx_tile_loop(0)

@@ -15,6 +15,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           arg("entries"));
   mod.def("linear_blocking", &linear_blocking, "the blocking linear takes for [M, K] x [N, K] here", arg("M"),
           arg("N"), arg("K"));
+  mod.def("amx_tile_loop", &amx_tile_loop, "a register-only tdpbssd loop on every thread; its multiply-adds",
+          arg("steps"), py::call_guard<py::gil_scoped_release>());
   mod.def("layernorm", &layernorm, "integer-only LayerNorm", arg("x"), arg("eps_t"), arg("m_t"), arg("e_t"),
           arg("beta_t"), arg("out_bits"), py::call_guard<py::gil_scoped_release>());
   mod.def("isa", [] { return std::string(ibert::isa_name(ibert::simd_isa())); },

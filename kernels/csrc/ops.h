@@ -21,6 +21,9 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
 void set_linear_blocking(const std::string& isa, const std::vector<std::vector<int64_t>>& entries);
 // The blocking linear() takes for this shape on the ISA it runs on: [rows, tiles, panel_major].
 std::vector<int64_t> linear_blocking(int64_t M, int64_t N, int64_t K);
+// A register-only tdpbssd loop of `steps` x 4 products on each of this process's threads (the AMX tiles' peak);
+// returns the int8 multiply-adds done.
+int64_t amx_tile_loop(int64_t steps);
 
 // layernorm_cpu.cpp
 torch::Tensor layernorm(torch::Tensor x, torch::Tensor eps_t, torch::Tensor m_t, torch::Tensor e_t,
