@@ -1,16 +1,19 @@
 """Model benchmark at roberta-base size (random weights), one process, each path measured the same way.
 
     python scripts/bench_model.py [--batch 8 --seq 128] [--layers 12] [--no-grid] [--no-train] [--profile]
-                                  [--blockings]
+                                  [--blockings] [--isas]
 Prints: forward times of our fp32, transformers' IBert fp32 and quant_mode=True, our fake-quant, our integer
 engine, with ratios to our fp32; the fp32 / engine ratio again over back-to-back pairs (robust to a host whose
 speed drifts); with --blockings the engine on the C++ kernels' default blockings against this CPU's tuned ones
-(kernels/tuned, scripts/autotune.py --kernels cpu_linear), in pairs; a training step fp32 vs fake-quant; the paper's latency grid (sequence 128/256 x batch 1/2/4/8),
-fp32 vs integer engine, also in pairs. Figures are appended to benchmarks/results.csv.
+(kernels/tuned, scripts/autotune.py --kernels cpu_linear), in pairs; with --isas the engine on this CPU's best
+instruction set (AMX-INT8, AVX-512 VNNI, AVX2) against each other one it has, in pairs (the same integers checked);
+a training step fp32 vs fake-quant; the paper's latency grid (sequence 128/256 x batch 1/2/4/8), fp32 vs integer
+engine, also in pairs. Figures are appended to benchmarks/results.csv.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 import transformers
@@ -65,6 +68,39 @@ def blockings_pairs(engine, inputs: dict, case: str, dev_name: str) -> None:
           f"{pr['min']:.3f}x-{pr['max']:.3f}x; default {pr['base ms']:.1f} ms, tuned {pr['new ms']:.1f} ms)")
 
 
+def isa_pairs(engine, inputs: dict, case: str, dev_name: str) -> None:
+    """The engine's forward on this CPU's best instruction set against each other one it has (IBERT_CPU_ISA), in
+    back-to-back pairs: the same integers, the speed of each kernel set."""
+    from kernels._cpu import cpp_extension
+
+    module = cpp_extension()
+    isas = [isa for isa in (module.isas() if module else []) if isa != "none"]
+    previous = os.environ.get("IBERT_CPU_ISA")
+
+    def forward(isa: str):
+        os.environ["IBERT_CPU_ISA"] = isa
+        return engine(**inputs)
+
+    try:
+        with torch.no_grad():
+            for other in isas[1:]:
+                if not torch.equal(forward(isas[0])[0], forward(other)[0]):
+                    raise SystemExit(f"the engine's integers differ between {isas[0]} and {other}")
+                pr = paired(lambda: forward(other), lambda: forward(isas[0]), "cpu")
+                append_rows([{"device": dev_name, "benchmark": "model-forward-isa", "case": case,
+                              "impl": f"ours integer engine, {isas[0]}", "ms": f"{pr['new ms']:.1f}",
+                              "speedup": f"{pr['ratio']:.3f}",
+                              "note": f"{other} {pr['base ms']:.1f} ms; pair ratios {pr['min']:.2f}-{pr['max']:.2f}"}])
+                print(f"\nengine, {other} / {isas[0]} over {pr['pairs']} pairs: median {pr['ratio']:.2f}x (pairs "
+                      f"{pr['min']:.2f}x-{pr['max']:.2f}x; {other} {pr['base ms']:.1f} ms, {isas[0]} {pr['new ms']:.1f} ms; "
+                      f"same integers)")
+    finally:
+        if previous is None:
+            os.environ.pop("IBERT_CPU_ISA", None)
+        else:
+            os.environ["IBERT_CPU_ISA"] = previous
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
@@ -75,6 +111,7 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--profile", action="store_true", help="also print the integer engine's time per kernel")
     p.add_argument("--blockings", action="store_true", help="the engine on default vs tuned C++ blockings, in pairs")
+    p.add_argument("--isas", action="store_true", help="the engine on each instruction set of this CPU, in pairs")
     args = p.parse_args()
     dev = args.device
     kernels.set_compile(dev == "cpu")
@@ -123,6 +160,8 @@ def main() -> None:
 
     if args.blockings:
         blockings_pairs(engine, inputs, case, dev_name)
+    if args.isas:
+        isa_pairs(engine, inputs, case, dev_name)
 
     if args.profile:
         with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
