@@ -258,7 +258,7 @@ def glue_accuracy(args: argparse.Namespace) -> None:
             logits = torch.from_numpy(np.concatenate([run(dict(b)) for b in batches]))
             preds[name] = predictions(task, logits)
         base = preds["ours fp32"]
-        result = {"task": task.name, "run": str(run_dir), "calibration_samples": args.calibration_samples,
+        result = {"task": task.name, "run": str(run_dir), "seed": seed, "calibration_samples": args.calibration_samples,
                   "cpu": device_name("cpu"), "implementations": {
                       name: {"metrics": glue.compute_metrics(task, p, labels),
                              "agreement_with_fp32": agreement(task, p, base),

@@ -1,16 +1,22 @@
-"""Gather GLUE runs (any folders holding results.json) into markdown tables, a bar chart and training curves.
+"""Gather GLUE runs into markdown tables, a bar chart and training curves.
 
     python scripts/report.py runs multirun [--out report.md] [--plot chart.png] [--curves curves/]
-Tables: one row a run; then the runs that differ only in their seed, aggregated: mean +- std (sample std, n
-seeds) of the main dev metric per path, and the integer - fp32 difference per seed (mean +- std, min..max).
---plot: the aggregated means with their std as error bars. --curves: one PNG a run from its metrics.csv (the
-csv logger): loss, learning rate, gradient norm and the dev metrics against the step, per stage.
+    python scripts/report.py results/glue_seeds/*.json --plot results/glue_seeds/seeds.png   # the committed copies
+Inputs: folders (searched for `results.json` and the peer benchmark's `peers/<task>-dev.json`) or such files
+themselves under any name. Tables: one row a run; then the runs that differ only in their seed, aggregated:
+mean +- std (sample std, n seeds) of the main dev metric per path, and the integer - fp32 difference per seed
+(mean +- std, min..max); then, per task, each implementation of the peer benchmark's GLUE variant over the
+fp32 models it was given: per-seed scores, mean +- std, its difference to our fp32 per seed, and its agreement
+with fp32. --plot: the aggregated means with their std as error bars, and below them each integer implementation's
+difference to fp32 per task (ours and the peers' int8). --curves: one PNG a run from its
+metrics.csv (the csv logger): loss, learning rate, gradient norm and the dev metrics against the step, per stage.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -27,16 +33,34 @@ NOT_THE_EXPERIMENT = {"seed", "init_from", "output_dir", "glue_dir", "threads", 
                       "optimized_metric"}
 
 
-def collect(roots: list[str]) -> list[dict]:
-    runs = []
-    for root in roots:
-        for f in sorted(Path(root).rglob("results.json")):
-            r = json.loads(f.read_text())
-            r["dir"] = str(f.parent)
+def _result_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise SystemExit(f"{root}: no such file or folder")
+    return sorted([*root.rglob("results.json"), *root.rglob("peers/*-dev.json")])
+
+
+def collect_all(roots: list[str]) -> tuple[list[dict], list[dict]]:
+    """(runs, peer results) from `roots`: a run's results.json has "metrics", a peer result "implementations"."""
+    runs, peers = [], []
+    for f in (f for root in roots for f in _result_files(Path(root))):
+        r = json.loads(f.read_text())
+        if "implementations" in r:
+            peers.append(r)
+        elif "metrics" in r and "config" in r:
+            r["dir"] = str(Path(r["config"].get("output_dir") or f.parent)) if f.name != "results.json" else str(
+                f.parent)
             runs.append(r)
-    if not runs:
-        raise SystemExit(f"no results.json under {roots}")
-    return runs
+        else:
+            raise SystemExit(f"{f}: neither a run's results.json nor a peer benchmark result")
+    if not runs and not peers:
+        raise SystemExit(f"no results.json or peer results under {roots}")
+    return runs, peers
+
+
+def collect(roots: list[str]) -> list[dict]:
+    return collect_all(roots)[0]
 
 
 def main_value(r: dict, path: str) -> float | None:
@@ -91,9 +115,11 @@ def seed_table(groups: list[list[dict]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for g in groups:
         row = group_row(g)
-        cells = [f"{row[p][0]:.2f} ± {row[p][1]:.2f}" if p in row else "" for p in PATHS]
+        cells = [(f"{row[p][0]:.2f} ± {row[p][1]:.2f}" if row[p][2] > 1 else f"{row[p][0]:.2f}") if p in row else ""
+                 for p in PATHS]
         d = row.get("delta")
-        delta = [f"{d[0]:+.2f} ± {d[1]:.2f}", f"{d[3]:+.2f} .. {d[4]:+.2f}"] if d else ["", ""]
+        delta = ([f"{d[0]:+.2f} ± {d[1]:.2f}" if d[2] > 1 else f"{d[0]:+.2f}", f"{d[3]:+.2f} .. {d[4]:+.2f}"] if d
+                 else ["", ""])
         seeds = ",".join(str(r["seed"]) for r in g)
         lines.append(f"| {label(g[0])} | {g[0]['main_metric']} | {seeds} (n={len(g)}) | {' | '.join(cells)} | "
                      f"{' | '.join(delta)} |")
@@ -112,9 +138,67 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: list[list[dict]], path: str) -> None:
-    """Bars of the mean main metric per path, the std over seeds as error bars."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+def peer_seed(r: dict) -> int:
+    """The seed of the fp32 model a peer result was measured on (files before the field: from the run's name)."""
+    if "seed" in r:
+        return r["seed"]
+    m = re.search(r"seed(\d+)", r["run"])
+    return int(m.group(1)) if m else 0
+
+
+def peers_tables(peers: list[dict]) -> str:
+    """Per task: each implementation's main dev metric per seed, mean +- std, minus our fp32 per seed, agreement."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in peers):
+        got = sorted((r for r in peers if r["task"] == task), key=peer_seed)
+        metric = next(iter(next(iter(got[0]["implementations"].values()))["metrics"]))
+        seeds = [peer_seed(r) for r in got]
+        lines = [f"{task} dev {metric} | " + " | ".join(f"seed {s}" for s in seeds)
+                 + " | mean ± std | minus fp32, per seed (mean ± std) | agreement with fp32 (mean) |",
+                 "|---" * (len(seeds) + 4) + "|"]
+        for name in dict.fromkeys(n for r in got for n in r["implementations"]):
+            cells = [r["implementations"].get(name) for r in got]
+            vals = [c["metrics"][metric] for c in cells if c]
+            deltas = [c["metrics"][metric] - r["implementations"]["ours fp32"]["metrics"][metric]
+                      for c, r in zip(cells, got) if c]
+            m, sd = mean_std(vals)
+            dm, dsd = mean_std(deltas)
+            agree = statistics.fmean(c["agreement_with_fp32"] for c in cells if c)
+            lines.append(f"| {name} | " + " | ".join(f"{c['metrics'][metric]:.2f}" if c else "" for c in cells)
+                         + f" | {m:.2f} ± {sd:.2f} | {dm:+.2f} ± {dsd:.2f} ("
+                         + ", ".join(f"{d:+.2f}" for d in deltas) + f") | {agree:.1f} |")
+        lines[0] = "| " + lines[0]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def fidelity(groups: list[list[dict]], peers: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """{task: {implementation: [its main metric - fp32's, per seed]}}: our integer-only runs (per seed group, from
+    their results.json) and the peers' int8 (from the peer results, against our fp32 on the same model)."""
+    out: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for g in groups:
+        c = g[0]["config"]
+        name = f"ours {c['path']['name']}" + (", distilled" if (c.get("recipe") or {}).get("distill") else "")
+        if c["force_dequant"] != "none":
+            name += f", force_dequant={c['force_dequant']}"
+        deltas = [main_value(r, "integer-only") - main_value(r, "fp32") for r in g
+                  if main_value(r, "integer-only") is not None and main_value(r, "fp32") is not None]
+        if deltas:
+            out[g[0]["task"]][name] = deltas
+    for r in sorted(peers, key=peer_seed):
+        impls = r["implementations"]
+        metric = next(iter(impls["ours fp32"]["metrics"]))
+        for name, v in impls.items():
+            if "int8" in name and not name.startswith("ours"):
+                out[r["task"]].setdefault(name, []).append(v["metrics"][metric] - impls["ours fp32"]["metrics"][metric])
+    return dict(out)
+
+
+def plot(groups: list[list[dict]], path: str, peers: list[dict] = ()) -> None:
+    """Top: bars of the mean main metric per path, the std over seeds as error bars. Bottom: per task, each
+    integer implementation's difference to fp32 (mean bar, std error bar, one dot a seed)."""
+    fid = fidelity(groups, list(peers))
+    fig, (ax, dax) = plt.subplots(2, 1, figsize=(max(6, 1.6 * len(groups)), 8.5))
     width = 0.27
     rows = [group_row(g) for g in groups]
     for i, p in enumerate(PATHS):
@@ -126,8 +210,28 @@ def plot(groups: list[list[dict]], path: str) -> None:
                        fontsize=7)
     ax.set_ylabel("dev score (main metric), mean ± std over seeds")
     ax.legend()
+    names = sorted(dict.fromkeys(n for per_task in fid.values() for n in per_task),
+                   key=lambda n: not n.startswith("ours"))  # ours first, then the peers
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    w = 0.8 / max(1, len(names))
+    for t, per_task in enumerate(fid.values()):
+        for j, n in enumerate(names):
+            if n in per_task:
+                x = t - 0.4 + (j + 0.5) * w
+                m, sd = mean_std(per_task[n])
+                dax.bar(x, m, w, yerr=sd, capsize=2, color=colors[n], label=n if t == next(
+                    k for k, pt in enumerate(fid.values()) if n in pt) else None)
+                dax.plot([x] * len(per_task[n]), per_task[n], "k.", markersize=3)
+    dax.axhline(0, color="k", linewidth=0.8)
+    for band in (-0.3, 0.3):
+        dax.axhline(band, color="gray", linewidth=0.6, linestyle="--")
+    dax.set_xticks(range(len(fid)))
+    dax.set_xticklabels(list(fid))
+    dax.set_ylabel("main metric - fp32's, per seed\n(bar: mean, line: std, dots: seeds; dashed: ±0.3)")
+    dax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def curves(run_dir: Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -165,15 +269,17 @@ def main() -> None:
     p.add_argument("--plot", default=None)
     p.add_argument("--curves", default=None, help="a folder for the training curves (one PNG a run)")
     args = p.parse_args()
-    runs = collect(args.roots)
+    runs, peers = collect_all(args.roots)
     groups = seed_groups(runs)
-    text = table(runs) + "\n\nOver seeds:\n\n" + seed_table(groups)
+    text = table(runs) + "\n\nOver seeds:\n\n" + seed_table(groups) if runs else ""
+    if peers:
+        text += "\n\nThe peers' int8 on the same fp32 models:\n\n" + peers_tables(peers)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(groups, args.plot)
+        plot(groups, args.plot, peers)
     if args.curves:
         Path(args.curves).mkdir(parents=True, exist_ok=True)
         for r in runs:

@@ -69,3 +69,48 @@ def test_charts_are_drawn(tmp_path):
     report.plot_curves(runs[0], tmp_path / "curves.png")
     assert (tmp_path / "chart.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
     assert report.curves(Path(runs[0]["dir"]))["loss"]["fp32"] == ([10, 20], [0.7, 0.5])
+
+
+def write_peers(path: Path, task: str, seed: int, scores: dict[str, float], with_seed_field: bool = True) -> None:
+    impls = {name: {"metrics": {"accuracy": v}, "agreement_with_fp32": 100.0 if name == "ours fp32" else 97.0,
+                    "runs_on": "cpu"} for name, v in scores.items()}
+    r = {"task": task, "run": f"multirun/{task}/minilm/qat-none-seed{seed}", "implementations": impls}
+    if with_seed_field:
+        r["seed"] = seed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
+
+
+def test_peer_results_aggregate_per_implementation_over_seeds(tmp_path):
+    write_peers(tmp_path / "a" / "peers" / "sst2-dev.json", "sst2", 2, {"ours fp32": 90.0, "OpenVINO int8": 89.0})
+    write_peers(tmp_path / "sst2-peers-seed1.json", "sst2", 1, {"ours fp32": 91.0, "OpenVINO int8": 91.5},
+                with_seed_field=False)  # an older file: the seed comes from the run's name
+    runs, peers = report.collect_all([str(tmp_path / "a"), str(tmp_path / "sst2-peers-seed1.json")])
+    assert runs == [] and len(peers) == 2
+    text = report.peers_tables(peers)
+    assert "| sst2 dev accuracy | seed 1 | seed 2 |" in text
+    assert "| OpenVINO int8 | 91.50 | 89.00 | 90.25 ± 1.77 | -0.25 ± 1.06 (+0.50, -1.00) | 97.0 |" in text
+
+
+def test_results_files_under_any_name_are_runs(tmp_path):
+    d = write_run(tmp_path / "runs", "rte", 1, 70.0, 69.0)
+    copy = tmp_path / "rte-qat-seed1.json"
+    copy.write_text((d / "results.json").read_text())
+    runs, peers = report.collect_all([str(copy)])
+    assert peers == [] and len(runs) == 1 and runs[0]["dir"] == str(d)
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(SystemExit, match="other.json"):
+        report.collect_all([str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="no such file"):
+        report.collect_all([str(tmp_path / "missing")])
+
+
+def test_fidelity_holds_our_integer_runs_and_the_peers_int8_per_seed(tmp_path):
+    write_run(tmp_path, "mrpc", 1, 80.0, 79.0)
+    write_run(tmp_path, "mrpc", 2, 81.0, 81.5)
+    write_peers(tmp_path / "p1.json", "mrpc", 1, {"ours fp32": 80.0, "torch bf16": 80.0, "ONNX Runtime int8": 78.0})
+    runs, peers = report.collect_all([str(tmp_path)] + [str(tmp_path / "p1.json")])
+    fid = report.fidelity(report.seed_groups(runs), peers)
+    assert fid == {"mrpc": {"ours qat": [-1.0, 0.5], "ONNX Runtime int8": [-2.0]}}
+    report.plot(report.seed_groups(runs), str(tmp_path / "chart.png"), peers)
+    assert (tmp_path / "chart.png").stat().st_size > 1000
