@@ -49,8 +49,8 @@ def collect_all(roots: list[str]) -> tuple[list[dict], list[dict]]:
         if "implementations" in r:
             peers.append(r)
         elif "metrics" in r and "config" in r:
-            r["dir"] = str(Path(r["config"].get("output_dir") or f.parent)) if f.name != "results.json" else str(
-                f.parent)
+            # a copy elsewhere (results/glue_seeds/) names its run by the folder it was written to
+            r["dir"] = str(f.parent) if f.name == "results.json" else r["config"].get("output_dir") or str(f.parent)
             runs.append(r)
         else:
             raise SystemExit(f"{f}: neither a run's results.json nor a peer benchmark result")
@@ -96,6 +96,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def integer_deltas(group: list[dict]) -> list[float]:
+    """integer-only - fp32 of the main metric, per run that has both."""
+    return [main_value(r, "integer-only") - main_value(r, "fp32") for r in group
+            if main_value(r, "integer-only") is not None and main_value(r, "fp32") is not None]
+
+
 def group_row(group: list[dict]) -> dict:
     """Per path: (mean, std, n) of the main metric; 'delta': the same of integer - fp32 per seed, with min, max."""
     row = {}
@@ -103,8 +109,7 @@ def group_row(group: list[dict]) -> dict:
         vals = [v for v in (main_value(r, p) for r in group) if v is not None]
         if vals:
             row[p] = (*mean_std(vals), len(vals))
-    deltas = [main_value(r, "integer-only") - main_value(r, "fp32") for r in group
-              if main_value(r, "integer-only") is not None and main_value(r, "fp32") is not None]
+    deltas = integer_deltas(group)
     if deltas:
         row["delta"] = (*mean_std(deltas), len(deltas), min(deltas), max(deltas))
     return row
@@ -146,28 +151,34 @@ def peer_seed(r: dict) -> int:
     return int(m.group(1)) if m else 0
 
 
+def peer_score(r: dict, name: str) -> tuple[float, float] | None:
+    """(main metric, minus our fp32's on the same model) of implementation `name` in peer result `r`, or None."""
+    impls = r["implementations"]
+    if name not in impls:
+        return None
+    metric = next(iter(impls["ours fp32"]["metrics"]))
+    value = impls[name]["metrics"][metric]
+    return value, value - impls["ours fp32"]["metrics"][metric]
+
+
 def peers_tables(peers: list[dict]) -> str:
     """Per task: each implementation's main dev metric per seed, mean +- std, minus our fp32 per seed, agreement."""
     out = []
     for task in dict.fromkeys(r["task"] for r in peers):
         got = sorted((r for r in peers if r["task"] == task), key=peer_seed)
-        metric = next(iter(next(iter(got[0]["implementations"].values()))["metrics"]))
-        seeds = [peer_seed(r) for r in got]
-        lines = [f"{task} dev {metric} | " + " | ".join(f"seed {s}" for s in seeds)
+        metric = next(iter(got[0]["implementations"]["ours fp32"]["metrics"]))
+        lines = [f"| {task} dev {metric} | " + " | ".join(f"seed {peer_seed(r)}" for r in got)
                  + " | mean ± std | minus fp32, per seed (mean ± std) | agreement with fp32 (mean) |",
-                 "|---" * (len(seeds) + 4) + "|"]
+                 "|---" * (len(got) + 4) + "|"]
         for name in dict.fromkeys(n for r in got for n in r["implementations"]):
-            cells = [r["implementations"].get(name) for r in got]
-            vals = [c["metrics"][metric] for c in cells if c]
-            deltas = [c["metrics"][metric] - r["implementations"]["ours fp32"]["metrics"][metric]
-                      for c, r in zip(cells, got) if c]
-            m, sd = mean_std(vals)
-            dm, dsd = mean_std(deltas)
-            agree = statistics.fmean(c["agreement_with_fp32"] for c in cells if c)
-            lines.append(f"| {name} | " + " | ".join(f"{c['metrics'][metric]:.2f}" if c else "" for c in cells)
+            scores = [peer_score(r, name) for r in got]
+            vals, deltas = zip(*(s for s in scores if s))
+            (m, sd), (dm, dsd) = mean_std(list(vals)), mean_std(list(deltas))
+            agree = statistics.fmean(r["implementations"][name]["agreement_with_fp32"] for r in got
+                                     if name in r["implementations"])
+            lines.append(f"| {name} | " + " | ".join(f"{s[0]:.2f}" if s else "" for s in scores)
                          + f" | {m:.2f} ± {sd:.2f} | {dm:+.2f} ± {dsd:.2f} ("
                          + ", ".join(f"{d:+.2f}" for d in deltas) + f") | {agree:.1f} |")
-        lines[0] = "| " + lines[0]
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -181,16 +192,13 @@ def fidelity(groups: list[list[dict]], peers: list[dict]) -> dict[str, dict[str,
         name = f"ours {c['path']['name']}" + (", distilled" if (c.get("recipe") or {}).get("distill") else "")
         if c["force_dequant"] != "none":
             name += f", force_dequant={c['force_dequant']}"
-        deltas = [main_value(r, "integer-only") - main_value(r, "fp32") for r in g
-                  if main_value(r, "integer-only") is not None and main_value(r, "fp32") is not None]
+        deltas = integer_deltas(g)
         if deltas:
             out[g[0]["task"]][name] = deltas
     for r in sorted(peers, key=peer_seed):
-        impls = r["implementations"]
-        metric = next(iter(impls["ours fp32"]["metrics"]))
-        for name, v in impls.items():
+        for name in r["implementations"]:
             if "int8" in name and not name.startswith("ours"):
-                out[r["task"]].setdefault(name, []).append(v["metrics"][metric] - impls["ours fp32"]["metrics"][metric])
+                out[r["task"]].setdefault(name, []).append(peer_score(r, name)[1])
     return dict(out)
 
 
@@ -213,14 +221,14 @@ def plot(groups: list[list[dict]], path: str, peers: list[dict] = ()) -> None:
     names = sorted(dict.fromkeys(n for per_task in fid.values() for n in per_task),
                    key=lambda n: not n.startswith("ours"))  # ours first, then the peers
     colors = {n: f"C{i}" for i, n in enumerate(names)}
-    w = 0.8 / max(1, len(names))
+    w, labelled = 0.8 / max(1, len(names)), set()
     for t, per_task in enumerate(fid.values()):
         for j, n in enumerate(names):
             if n in per_task:
                 x = t - 0.4 + (j + 0.5) * w
                 m, sd = mean_std(per_task[n])
-                dax.bar(x, m, w, yerr=sd, capsize=2, color=colors[n], label=n if t == next(
-                    k for k, pt in enumerate(fid.values()) if n in pt) else None)
+                dax.bar(x, m, w, yerr=sd, capsize=2, color=colors[n], label=None if n in labelled else n)
+                labelled.add(n)
                 dax.plot([x] * len(per_task[n]), per_task[n], "k.", markersize=3)
     dax.axhline(0, color="k", linewidth=0.8)
     for band in (-0.3, 0.3):
