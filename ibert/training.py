@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -222,19 +223,25 @@ def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContex
 
 
 @torch.no_grad()
-def calibrate(model: IBertForSequenceClassification, ctx: RunContext) -> float:
+def observe_ranges(model: IBertForSequenceClassification, batches: Iterable[dict]) -> None:
     """Post-training quantization: the fake-quant model's activation ranges observed (as in QAT: min/max, then an
-    EMA) on `recipe.calibration_samples` training examples, a seeded choice, dropout off; no weight changes.
-    Returns the seconds it took."""
-    start, r, train = time.time(), ctx.cfg.recipe, ctx.data.train
-    chosen = np.random.default_rng(ctx.cfg.seed).permutation(len(train))[:r.calibration_samples]
+    EMA) on `batches` (collated inputs on the model's device), dropout off; no weight changes."""
     model.train()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()
-    for i in range(0, len(chosen), r.batch_size):
-        model(**to_device(ctx.data.collate([train[j] for j in chosen[i:i + r.batch_size]]), ctx.device))
+    for batch in batches:
+        model(**batch)
     model.eval()
+
+
+def calibrate(model: IBertForSequenceClassification, ctx: RunContext) -> float:
+    """`observe_ranges` on `recipe.calibration_samples` training examples, a seeded choice, in training batches.
+    Returns the seconds it took."""
+    start, r, train = time.time(), ctx.cfg.recipe, ctx.data.train
+    chosen = np.random.default_rng(ctx.cfg.seed).permutation(len(train))[:r.calibration_samples]
+    observe_ranges(model, (to_device(ctx.data.collate([train[j] for j in chosen[i:i + r.batch_size]]), ctx.device)
+                           for i in range(0, len(chosen), r.batch_size)))
     return time.time() - start
 
 
