@@ -15,6 +15,9 @@ class IBertConfig(PretrainedConfig):
     force_dequant: one of "none", "gelu", "softmax", "layernorm", "nonlinear": nonlinearities kept in float.
     act_bits, weight_bits, embedding_act_bits, ln_input_bits, gelu_input_bits, softmax_bits: bit widths
         (8, 8, 16, 22, 16, 8 as in the paper; the 16-bit GELU input is ours, see the README).
+    smoothquant: False: one scale per LayerNorm output tensor, as in the paper; True: a scale per channel, its
+        smoothing migrated into the weights of the linears that read it (SmoothQuant; `smooth_layernorm_outputs`),
+        which spares the other channels the outliers of a few (BERT's residual stream has them).
     backend: how the integer engine runs its kernels ("auto": Triton on CUDA; on the CPU the C++ kernels where
         they build, else the torch reference; or "triton", "torch", "cpp").
     """
@@ -47,6 +50,7 @@ class IBertConfig(PretrainedConfig):
         ln_input_bits: int = 22,
         gelu_input_bits: int = 16,
         softmax_bits: int = 8,
+        smoothquant: bool = False,
         backend: str = "auto",
         tie_word_embeddings: bool = True,
         **kwargs,
@@ -74,6 +78,7 @@ class IBertConfig(PretrainedConfig):
         self.ln_input_bits = ln_input_bits
         self.gelu_input_bits = gelu_input_bits
         self.softmax_bits = softmax_bits
+        self.smoothquant = smoothquant
         self.backend = backend
         self.validate()
 

@@ -78,8 +78,7 @@ class _IntLinear(nn.Module):
 
     def set(self, linear: QuantLinear, s_x: torch.Tensor, act: QuantAct) -> torch.Tensor:
         """Fill from a fake-quant linear fed at scale s_x and requantized by `act`; return act's scale."""
-        s_acc = linear.acc_scale(s_x)
-        self.weight = _int_weight(linear, linear.weight_scale(), linear.bits)
+        s_acc, self.weight = linear.integer_weight(s_x)
         self.bias = _int_bias(linear, s_acc)
         self.out.set(*act.multiplier(s_acc))
         return act.scale()
@@ -113,13 +112,14 @@ class IntegerLayer(nn.Module):
         self.register_buffer("softmax_params", torch.zeros(SOFTMAX_PARAMS, dtype=torch.int64))
         self.ctx_out = _Requant()
         self.attn_dense = _IntLinear(H, H)
-        self.attn_residual = _Requant()
+        C = H if config.smoothquant else 1  # scales per LayerNorm output: the residuals' multipliers
+        self.attn_residual = _Requant(C)
         self.attn_ln = _IntLayerNorm(H)
         self.ffn_in = _IntLinear(I, H)
         self.register_buffer("gelu_params", torch.zeros(GELU_PARAMS, 1, dtype=torch.int64))
         self.gelu_out = _Requant()
         self.ffn_out = _IntLinear(H, I)
-        self.ffn_residual = _Requant()
+        self.ffn_residual = _Requant(C)
         self.ffn_ln = _IntLayerNorm(H)
         self._cpp_sources = self._buffer_sources()
 
@@ -224,7 +224,8 @@ class IntegerIBertModel(nn.Module):
         self.pos_add, self.pos_res = _Requant(), _Requant()
         self.emb_ln = _IntLayerNorm(H)
         self.layers = nn.ModuleList([IntegerLayer(config) for _ in range(config.num_hidden_layers)])
-        self.register_buffer("hidden_scales", torch.ones(config.num_hidden_layers + 1))
+        L = config.num_hidden_layers + 1  # each layer's output scale: [H] per channel (smoothquant), else one
+        self.register_buffer("hidden_scales", torch.ones((L, H) if config.smoothquant else (L,)))
         self.pooler = modeling.IBertPooler(config) if add_pooling_layer else None
 
     @torch.no_grad()
@@ -253,7 +254,8 @@ class IntegerIBertModel(nn.Module):
         for int_layer, layer in zip(self.layers, model.encoder.layer):
             s = int_layer.set(layer, s)
             hidden_scales.append(s)
-        self.hidden_scales = torch.cat(hidden_scales).float()
+        self.hidden_scales = torch.stack([h.reshape(-1) for h in hidden_scales]).float().reshape(
+            self.hidden_scales.shape)
         if self.pooler is not None:
             self.pooler.load_state_dict(model.pooler.state_dict())
         return self

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import (
 )
 
 from ibert.configuration import IBertConfig
-from ibert.quant import (IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantEmbedding, QuantLinear, Scaled,
+from ibert.quant import (EPS_SCALE, IntGELU, IntLayerNorm, IntSoftmax, QuantAct, QuantEmbedding, QuantLinear, Scaled,
                          ScaleProductCap)
 from kernels.softmax import MAX_SCALE as SOFTMAX_MAX_SCALE
 
@@ -95,6 +95,12 @@ def head_mask_per_layer(config: IBertConfig, head_mask: torch.Tensor | None) -> 
     return head_mask[:, None, :, None, None].float()
 
 
+def layernorm_output_act(config: IBertConfig) -> QuantAct:
+    """The 8-bit quantizer of a LayerNorm output: a scale per channel with `config.smoothquant`."""
+    return QuantAct(config.act_bits, quant_mode=config.quant_mode,
+                    channels=config.hidden_size if config.smoothquant else 1)
+
+
 class IBertEmbeddings(nn.Module):
     def __init__(self, config: IBertConfig):
         super().__init__()
@@ -110,7 +116,7 @@ class IBertEmbeddings(nn.Module):
         self.embeddings_act2 = QuantAct(config.embedding_act_bits, quant_mode=q)
         self.LayerNorm = IntLayerNorm(config.hidden_size, config.layer_norm_eps,
                                       quant_mode=q and "layernorm" not in config.dequant, backend=config.backend)
-        self.output_activation = QuantAct(config.act_bits, quant_mode=q)
+        self.output_activation = layernorm_output_act(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds) -> Scaled:
@@ -181,7 +187,7 @@ class IBertSelfOutput(nn.Module):
         self.ln_input_act = QuantAct(config.ln_input_bits, quant_mode=q)
         self.LayerNorm = IntLayerNorm(config.hidden_size, config.layer_norm_eps,
                                       quant_mode=q and "layernorm" not in config.dequant, backend=config.backend)
-        self.output_activation = QuantAct(config.act_bits, quant_mode=q)
+        self.output_activation = layernorm_output_act(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, s_x, residual, s_res) -> Scaled:
@@ -277,7 +283,7 @@ class IBertPreTrainedModel(PreTrainedModel):
         r"LayerNorm\.shift", r"LayerNorm\.activation\.", r"softmax\.act\.", r"pre_intermediate_act",
         r"pre_output_act", r"position_ids",
     ]
-    _keys_to_ignore_on_load_missing = [r"x_min", r"x_max"]
+    _keys_to_ignore_on_load_missing = [r"x_min", r"x_max", r"smoothing"]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -343,6 +349,29 @@ class IBertModel(IBertPreTrainedModel):
 
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
+
+    @torch.no_grad()
+    def smooth_layernorm_outputs(self, alpha: float) -> None:
+        """SmoothQuant's migration (config.smoothquant), from the observed ranges: each LayerNorm output's
+        smoothing per channel c is r_c**alpha / w_c**(1 - alpha), r_c the channel's range and w_c the largest |w|
+        in column c of the linears that read it (the last layer's output, read by the float head: r_c). alpha 1
+        gives each channel its own range; smaller alphas spare the weights."""
+        if not self.config.smoothquant:
+            raise ValueError("smooth_layernorm_outputs needs config.smoothquant=True (per-channel LayerNorm outputs)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        layers = [layer.attention.self for layer in self.encoder.layer]
+        readers = [(self.embeddings.output_activation, [layers[0].query, layers[0].key, layers[0].value])]
+        for i, layer in enumerate(self.encoder.layer):
+            nxt = [layers[i + 1].query, layers[i + 1].key, layers[i + 1].value] if i + 1 < len(layers) else []
+            readers += [(layer.attention.output.output_activation, [layer.intermediate.dense]),
+                        (layer.output.output_activation, nxt)]
+        for act, linears in readers:
+            r = act.channel_range().clamp(min=EPS_SCALE)
+            if linears:
+                w = torch.cat([lin.weight.abs() for lin in linears]).amax(0).clamp(min=EPS_SCALE)
+                r = r**alpha / w ** (1 - alpha)
+            act.smoothing.copy_(r / r.max())
 
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value

@@ -80,9 +80,10 @@ class FrozenWeightCache:
         self.__dict__.pop("_frozen_cache", None)
         return super().train(mode)
 
-    def frozen(self, name: str, compute: Callable[[], T]) -> T:
+    def frozen(self, name: str, compute: Callable[[], T], extra: tuple = ()) -> T:
+        """compute(), once per weight version (and value of `extra`, which compute also depends on)."""
         w = self.weight
-        key = (w.data_ptr(), w._version, w.shape, w.dtype)
+        key = (w.data_ptr(), w._version, w.shape, w.dtype, extra)
         cache = self.__dict__.setdefault("_frozen_cache", {})
         if name not in cache or cache[name][0] != key:
             cache[name] = (key, compute())
@@ -102,23 +103,39 @@ class QuantAct(nn.Module):
     forward(x, s_in, identity, s_id) requantizes `x` (and adds `identity`, each with its own dyadic
     multiplier) to `bits` bits, exactly as `kernels.requantize` does; a float input (s_in None) is quantized
     directly.
+
+    channels > 1: a range per channel (last dimension) and a scale per channel, `smoothing` times one common
+    factor, the smallest that fits every channel's range (SmoothQuant's migration: the consumer's weight columns
+    carry the smoothing; see `smooth_layernorm_outputs`). With smoothing 1 the scales equal the per-tensor one.
     """
 
-    def __init__(self, bits: int, momentum: float = 0.95, quant_mode: bool = False):
+    def __init__(self, bits: int, momentum: float = 0.95, quant_mode: bool = False, channels: int = 1):
         super().__init__()
         self.bits, self.momentum, self.quant_mode = bits, momentum, quant_mode
-        self.register_buffer("x_min", torch.zeros(1))
-        self.register_buffer("x_max", torch.zeros(1))
+        self.register_buffer("x_min", torch.zeros(channels))
+        self.register_buffer("x_max", torch.zeros(channels))
+        if channels > 1:
+            self.register_buffer("smoothing", torch.ones(channels))
         self.cap: ScaleProductCap | None = None  # set by ScaleProductCap
 
+    @property
+    def per_channel(self) -> bool:
+        return self.x_min.numel() > 1
+
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, quant_mode={self.quant_mode}"
+        return f"bits={self.bits}, quant_mode={self.quant_mode}" + (
+            f", channels={self.x_min.numel()}" if self.per_channel else "")
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Update the range with x's min and max; under data-parallel training, those of the global batch (the
-        ranks' shards reduced), so every rank keeps the range one process would."""
-        lo, hi = (v.reshape(1).float() for v in torch.aminmax(x.detach()))
+        """Update the range with x's min and max (per channel: over all but the last dimension); under
+        data-parallel training, those of the global batch (the ranks' shards reduced), so every rank keeps the
+        range one process would."""
+        x = x.detach()
+        if self.per_channel:
+            lo, hi = (v.float() for v in torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0))
+        else:
+            lo, hi = (v.reshape(1).float() for v in torch.aminmax(x))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(lo, dist.ReduceOp.MIN)
             dist.all_reduce(hi, dist.ReduceOp.MAX)
@@ -129,12 +146,20 @@ class QuantAct(nn.Module):
             self.x_min.mul_(self.momentum).add_((1 - self.momentum) * lo)
             self.x_max.mul_(self.momentum).add_((1 - self.momentum) * hi)
 
+    def channel_range(self) -> torch.Tensor:
+        """max(|x_min|, |x_max|): [1], or [channels]."""
+        return torch.maximum(self.x_min.abs(), self.x_max.abs())
+
     def range_scale(self) -> torch.Tensor:
-        """The scale [1] that the current range asks for."""
-        return torch.maximum(self.x_min.abs(), self.x_max.abs()).clamp(min=EPS_SCALE) / qmax(self.bits)
+        """The scale ([1], or [channels]) that the current range asks for."""
+        r = self.channel_range()
+        if not self.per_channel:
+            return r.clamp(min=EPS_SCALE) / qmax(self.bits)
+        return (r / self.smoothing).amax().clamp(min=EPS_SCALE) / qmax(self.bits) * self.smoothing
 
     def scale(self) -> torch.Tensor:
-        """Output scale [1]: the range's, shrunk where a `ScaleProductCap` binds (the largest values saturate)."""
+        """Output scale ([1], or [channels]): the range's, shrunk where a `ScaleProductCap` binds (the largest
+        values saturate)."""
         s = self.range_scale()
         return s if self.cap is None else s * self.cap.factor()
 
@@ -209,10 +234,10 @@ class QuantEmbedding(FrozenWeightCache, nn.Embedding):
 
 
 class QuantLinear(FrozenWeightCache, nn.Linear):
-    """Linear layer with 8-bit per-output-channel weights and a 32-bit bias of scale s_x * s_w.
+    """Linear layer with 8-bit per-output-channel weights and a 32-bit bias of the accumulator's scale.
 
     Quant mode returns the integer accumulator `x_int @ w_int.T + b_int` (exact in fp32 while partial sums
-    stay below 2**24) times its per-channel scale s_x * s_w.
+    stay below 2**24) times its per-channel scale s_acc (s_x * s_w; see `quantized_weight` for a per-channel s_x).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8, bias_bits: int = 32,
@@ -223,22 +248,35 @@ class QuantLinear(FrozenWeightCache, nn.Linear):
     def weight_scale(self) -> torch.Tensor:
         return weight_scale(self.weight, self.bits, per_channel=True)
 
-    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(s_w [N], the integer-valued float weight [N, K] with a straight-through gradient). Without a gradient to
-        the weight, both are computed once per weight version (the integers kept in an integer dtype)."""
+    def quantized_weight(self, s_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_acc [N], the integer-valued float weight w_int [N, K] with a straight-through gradient), for an input
+        of scale s_x: x_int @ w_int.T has scale s_acc. A per-tensor s_x: w_int = round(w / s_w), s_acc = s_x s_w.
+        A per-channel s_x [K] (a smoothed input) is folded into the weight first: w_int = round(w s_x / s_acc), s_acc
+        the per-row scale of w s_x. Without a gradient to the weight, computed once per weight version (and s_x)."""
         if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self._quantize(s_x)
+        s_acc, w_int = self.integer_weight(s_x)
+        return s_acc, w_int.to(self.weight.dtype)
+
+    def integer_weight(self, s_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`quantized_weight` without a gradient: (s_acc [N], w_int [N, K] int8 for 8 bits)."""
+        if s_x.numel() == 1:  # the weight's integers do not depend on s_x
+            s_w, w_int = self.frozen("weight", lambda: self._integer(torch.ones(1, device=s_x.device)))
+            return s_x * s_w, w_int
+        return self.frozen("smoothed weight", lambda: self._integer(s_x), extra=tuple(s_x.tolist()))
+
+    def _integer(self, s_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            s_acc, w = self._quantize(s_x)
+        return s_acc, w.to(out_dtype(self.bits))
+
+    def _quantize(self, s_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if s_x.numel() == 1:
             s_w = self.weight_scale()
-            return s_w, quantize_weight(self.weight, s_w, self.bits)
-        s_w, w_int = self.frozen("weight", self._integer_weight)
-        return s_w, w_int.to(self.weight.dtype)
-
-    def _integer_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        s_w = self.weight_scale()
-        return s_w, quantize_weight(self.weight, s_w, self.bits).to(out_dtype(self.bits))
-
-    def acc_scale(self, s_x: torch.Tensor) -> torch.Tensor:
-        """Scale [N] of the accumulator."""
-        return s_x * self.weight_scale()
+            return s_x * s_w, quantize_weight(self.weight, s_w, self.bits)
+        w = self.weight * s_x
+        s_acc = weight_scale(w, self.bits, per_channel=True)
+        return s_acc, quantize_weight(w, s_acc, self.bits)
 
     def bias_int(self, s_acc: torch.Tensor) -> torch.Tensor:
         """Integer-valued float bias with a straight-through gradient."""
@@ -250,8 +288,7 @@ class QuantLinear(FrozenWeightCache, nn.Linear):
             return super().forward(x), None
         if s_x is None:
             raise ValueError("QuantLinear in quant mode needs the input's scale")
-        s_w, w_int = self.quantized_weight()
-        s_acc = s_x * s_w
+        s_acc, w_int = self.quantized_weight(s_x)
         x_scaled = x / s_x
         x_int = ste(x_scaled, torch.round(x_scaled.detach()))
         acc = F.linear(x_int, w_int,

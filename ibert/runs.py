@@ -23,8 +23,8 @@ _TRAINING_KEYS = ("task.name", "model.name_or_path", "seed", "recipe.batch_size"
 _STAGE_KEYS = {
     "fp32": ("recipe.lr", "recipe.epochs", "recipe.max_steps"),
     "qat": ("recipe.qat_lr", "recipe.qat_epochs", "recipe.qat_max_steps", "recipe.distill", "force_dequant",
-            "init_from"),
-    "ptq": ("recipe.calibration_samples", "force_dequant", "init_from"),
+            "init_from", "recipe.smoothquant_alpha"),
+    "ptq": ("recipe.calibration_samples", "force_dequant", "init_from", "recipe.smoothquant_alpha"),
 }
 
 
@@ -52,6 +52,8 @@ def stage_identity(cfg: DictConfig, stage: str, world_size: int = 1, depends_on:
     own dropout stream); `depends_on`: the identity of the stage it starts from."""
     values = {key: OmegaConf.select(cfg, key) for key in (*_TRAINING_KEYS, *_STAGE_KEYS[stage])}
     values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+    if values.get("recipe.smoothquant_alpha") is not None:  # QAT then starts from calibrated ranges
+        values["recipe.calibration_samples"] = OmegaConf.select(cfg, "recipe.calibration_samples")
     values["world_size"] = world_size
     if depends_on:
         values.update({f"from.{k}": v for k, v in depends_on.items()})

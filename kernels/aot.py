@@ -54,8 +54,9 @@ def gemm_spec(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, requant=True, a_u
         sig["a_ptr"] = "*u8"
     if not requant:
         sig["c_ptr"] = "*i32"
-    flags = dict(QMAX=32767 if gelu else 127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant, HAS_RESIDUAL=requant and not gelu,
-                 A_UNSIGNED=a_unsigned, GELU=gelu, QMAX2=127 if gelu else 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
+    residual = requant and not gelu
+    flags = dict(QMAX=32767 if gelu else 127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant, HAS_RESIDUAL=residual,
+                 RES_PER_CHANNEL=residual, A_UNSIGNED=a_unsigned, GELU=gelu, QMAX2=127 if gelu else 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
     name = f"int8_gemm{'_u8' if a_unsigned else ''}{'' if requant else '_acc'}{'_gelu' if gelu else ''}"
     return KernelSpec(name, _int8_gemm_kernel,
                       {**sig, **{k: "constexpr" for k in flags}}, flags)
@@ -66,7 +67,7 @@ def _constexprs(flags: dict) -> dict[str, str]:
 
 
 def requantize_spec(BLOCK: int = 1024) -> KernelSpec:
-    flags = dict(QMAX=127, PER_CHANNEL=True, HAS_RESIDUAL=True, BLOCK=BLOCK)
+    flags = dict(QMAX=127, PER_CHANNEL=True, HAS_RESIDUAL=True, RES_PER_CHANNEL=True, BLOCK=BLOCK)
     return KernelSpec("requantize", _requantize_kernel,
                       {"x_ptr": "*i32", "r_ptr": "*i8", "m_ptr": "*i32", "e_ptr": "*i32", "mr_ptr": "*i32",
                        "er_ptr": "*i32", "y_ptr": "*i8", "total": "i32", "N": "i32", **_constexprs(flags)}, flags)

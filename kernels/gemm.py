@@ -28,7 +28,7 @@ from kernels._utils import (
 )
 from kernels.gelu import NUM_PARAMS as GELU_PARAMS
 from kernels.gelu import gelu_epilogue, gelu_reference
-from kernels.requant import requant_epilogue, requantize_reference
+from kernels.requant import load_multiplier, requant_epilogue, requantize_reference
 from kernels.tuning import cpu_blocking_args, gemm_config, validate_config
 
 
@@ -40,7 +40,7 @@ def _int8_gemm_kernel(
     bias_ptr,  # [N] int32
     m_ptr, e_ptr,  # [N] (PER_CHANNEL) or [1] int32
     r_ptr,  # [M, N] residual, any int dtype, row-major
-    mr_ptr, er_ptr,  # [1] int32
+    mr_ptr, er_ptr,  # [N] (RES_PER_CHANNEL) or [1] int32
     gp_ptr,  # [5] int64 i-GELU constants (GELU)
     m2_ptr, e2_ptr,  # [1] int32, requantization after i-GELU (GELU)
     M, N, K,
@@ -49,8 +49,8 @@ def _int8_gemm_kernel(
     stride_cb, stride_cm, stride_cn,
     QMAX: tl.constexpr,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, PER_CHANNEL: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, A_UNSIGNED: tl.constexpr, GELU: tl.constexpr, QMAX2: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RES_PER_CHANNEL: tl.constexpr, A_UNSIGNED: tl.constexpr, GELU: tl.constexpr,
+    QMAX2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -89,16 +89,12 @@ def _int8_gemm_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0)[None, :]
     if REQUANT:
-        if PER_CHANNEL:
-            m = tl.load(m_ptr + offs_n, mask=mask_n, other=0)[None, :]
-            e = tl.load(e_ptr + offs_n, mask=mask_n, other=0)[None, :]
-        else:
-            m = tl.load(m_ptr)
-            e = tl.load(e_ptr)
-        y = rshift_round(acc.to(tl.int64) * m.to(tl.int64), e.to(tl.int64))
+        m, e = load_multiplier(m_ptr, e_ptr, offs_n, mask_n, PER_CHANNEL)  # [BLOCK_N] or scalars
+        y = rshift_round(acc.to(tl.int64) * m, e)
         if HAS_RESIDUAL:
             r = tl.load(r_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], mask=mask_c, other=0)
-            y += rshift_round(r.to(tl.int64) * tl.load(mr_ptr).to(tl.int64), tl.load(er_ptr).to(tl.int64))
+            mr, er = load_multiplier(mr_ptr, er_ptr, offs_n, mask_n, RES_PER_CHANNEL)
+            y += rshift_round(r.to(tl.int64) * mr, er)
         out = tl.minimum(tl.maximum(y, -QMAX), QMAX)
         if GELU:
             g = gelu_epilogue(out.to(tl.int32), tl.load(gp_ptr).to(tl.int32), tl.load(gp_ptr + 1).to(tl.int32),
@@ -133,7 +129,8 @@ def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config, gelu=No
         *a.stride(), *b.stride(), *c.stride(),
         QMAX=qmax(bits) if requant else 0,
         HAS_BIAS=bias is not None, REQUANT=requant, PER_CHANNEL=requant and m.numel() > 1,
-        HAS_RESIDUAL=residual is not None, A_UNSIGNED=a.dtype == torch.uint8,
+        HAS_RESIDUAL=residual is not None, RES_PER_CHANNEL=residual is not None and m_res.numel() > 1,
+        A_UNSIGNED=a.dtype == torch.uint8,
         GELU=gelu is not None, QMAX2=qmax(gelu[3]) if gelu is not None else 0,
         num_warps=num_warps, num_stages=num_stages, **cfg,
     )
@@ -325,7 +322,7 @@ def _check_epilogue(n, bias, m, e, bits, residual, m_res, e_res, out_shape):
             raise ValueError(f"residual shape {tuple(residual.shape)} != output shape {tuple(out_shape)}")
         if m_res is None or e_res is None:
             raise ValueError("residual needs its multiplier m_res and shift e_res")
-        check_multiplier(m_res, e_res, 1)
+        check_multiplier(m_res, e_res, n)
 
 
 def _linear_weight(a: torch.Tensor, b: torch.Tensor | PackedWeight):
@@ -355,7 +352,7 @@ def int8_matmul(
     bias: [N] int32. m, e: dyadic multiplier (int32, [1] or [N]); given, the output is
         clamp(round((a @ b.T + bias) * m / 2**e) [+ round(residual * m_res / 2**e_res)]) on `bits` bits,
     int8 for bits <= 8 else int32; without them the output is the int32 accumulator (+ bias).
-    residual: [M, N] int8/int32, added with its own per-tensor multiplier (m_res, e_res).
+    residual: [M, N] int8/int32, added with its own multiplier (m_res, e_res), [1] or [N] int32.
     backend: "auto", "triton", "torch" or "cpp" (the C++ kernel; without m, e the int32 products run the reference).
     config: the tile configuration of the kernel that runs, default from `tuning`: Triton's (BLOCK_M/N/K, GROUP_M,
     num_warps, num_stages) or the C++ kernel's blocking (rows, tiles, order).

@@ -52,13 +52,14 @@ def layernorm_params(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer constants of i-LayerNorm.
 
-    in_scale, out_scale: float, one element; weight (gamma), bias (beta): float [N]; eps as in nn.LayerNorm.
+    in_scale: float, one element; out_scale: float, one element or [N] (a scale per channel); weight (gamma),
+    bias (beta): float [N]; eps as in nn.LayerNorm.
     Returns eps_int: int64 [1] (eps in units of (in_scale / N)**2, N = weight.numel()), m, e: int32 [N]
     (gamma / (2**16 out_scale) = m * 2**-e, e <= 53), beta_int: int64 [N] (beta / out_scale * 2**e, with
     beta / out_scale saturated to +-2**bits, beyond which the output saturates anyway).
     """
     n = weight.numel()
-    s_in, s_out = in_scale.double().reshape(1), out_scale.double().reshape(1)
+    s_in, s_out = in_scale.double().reshape(1), out_scale.double().reshape(-1)
     eps_int = torch.floor(eps * n**2 / s_in**2).clamp(max=2.0**62).long()
     m, e = dyadic(weight.double() / (2.0**NORM_BITS * s_out))
     excess = (e.long() - MAX_OUT_SHIFT).clamp(min=0)

@@ -73,29 +73,37 @@ def requant_epilogue(x, m, e, QMAX: tl.constexpr):
 
 
 @triton.jit
+def load_multiplier(m_ptr, e_ptr, channels, mask, PER_CHANNEL: tl.constexpr):
+    """(m, e) as int64: those of `channels` (masked), or the one per-tensor pair."""
+    if PER_CHANNEL:
+        m = tl.load(m_ptr + channels, mask=mask, other=0)
+        e = tl.load(e_ptr + channels, mask=mask, other=0)
+    else:
+        m = tl.load(m_ptr)
+        e = tl.load(e_ptr)
+    return m.to(tl.int64), e.to(tl.int64)
+
+
+@triton.jit
 def _requantize_kernel(
     x_ptr,  # [R, N] int32/int64
     r_ptr,  # [R, N] residual, any int (unused without HAS_RESIDUAL)
     m_ptr, e_ptr,  # [N] or [1] int32
-    mr_ptr, er_ptr,  # [1] int32
+    mr_ptr, er_ptr,  # [N] (RES_PER_CHANNEL) or [1] int32
     y_ptr,  # [R, N] int8/int32
     total, N,
-    QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RES_PER_CHANNEL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     x = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int64)
-    if PER_CHANNEL:
-        ch = offs % N
-        m = tl.load(m_ptr + ch, mask=mask, other=0)
-        e = tl.load(e_ptr + ch, mask=mask, other=0)
-    else:
-        m = tl.load(m_ptr)
-        e = tl.load(e_ptr)
-    y = rshift_round(x * m.to(tl.int64), e.to(tl.int64))
+    m, e = load_multiplier(m_ptr, e_ptr, offs % N, mask, PER_CHANNEL)
+    y = rshift_round(x * m, e)
     if HAS_RESIDUAL:
         r = tl.load(r_ptr + offs, mask=mask, other=0).to(tl.int64)
-        y += rshift_round(r * tl.load(mr_ptr).to(tl.int64), tl.load(er_ptr).to(tl.int64))
+        mr, er = load_multiplier(mr_ptr, er_ptr, offs % N, mask, RES_PER_CHANNEL)
+        y += rshift_round(r * mr, er)
     y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -108,7 +116,8 @@ def _requantize_triton(x, m, e, bits, residual, m_res, e_res, config):
     _requantize_kernel[grid](
         x, residual if has_res else x, m, e, m_res if has_res else m, e_res if has_res else e, y,
         total, x.shape[-1] if x.dim() else 1,
-        QMAX=qmax(bits), PER_CHANNEL=m.numel() > 1, HAS_RESIDUAL=has_res, **config,
+        QMAX=qmax(bits), PER_CHANNEL=m.numel() > 1, HAS_RESIDUAL=has_res,
+        RES_PER_CHANNEL=has_res and m_res.numel() > 1, **config,
     )
     return y
 
@@ -122,7 +131,8 @@ def requantize(
 
     x: [..., N] int32 or int64, contiguous.
     m, e: int32, shape [] / [1] (per tensor) or [N] (per channel), from `dyadic`.
-    residual: optional [..., N] integer tensor added after its own requantization by (m_res, e_res), per tensor:
+    residual: optional [..., N] integer tensor added after its own requantization by (m_res, e_res), per tensor
+        or per channel:
         y = clamp(round(x*m/2**e) + round(residual*m_res/2**e_res), -(2**(bits-1)-1), 2**(bits-1)-1).
     Returns [..., N], int8 for bits <= 8, else int32. Rounding is to nearest, halves up.
     config: Triton launch configuration ({BLOCK, num_warps}); default from `tuning.row_config`.
@@ -137,7 +147,7 @@ def requantize(
             raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
         if m_res is None or e_res is None:
             raise ValueError("residual needs its multiplier m_res and shift e_res")
-        check_multiplier(m_res, e_res, 1)
+        check_multiplier(m_res, e_res, n)
     check_same_device(x=x, m=m, e=e, residual=residual, m_res=m_res, e_res=e_res)
     if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _requantize_torch(x, m, e, bits, residual, m_res, e_res)

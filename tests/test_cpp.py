@@ -46,9 +46,10 @@ def test_linear_requant_residual_exact(M, K, N, bits, a_low, cpp_isa):
     m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0 ** (bits - 14) / math.sqrt(K))
     res = randint(-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1, (M, N), torch.int8 if bits == 8 else torch.int32)
     mr, er = dyadic(torch.tensor([0.6]))
+    mrc, erc = dyadic(torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 1.2)
     mt, et = dyadic(torch.tensor([2.0 ** (bits - 15)]))
-    for args in ((bias, m, e, bits), (bias, m, e, bits, res, mr, er), (None, mt, et, bits),
-                 (None, mt, et, bits, res, mr, er)):
+    for args in ((bias, m, e, bits), (bias, m, e, bits, res, mr, er), (bias, m, e, bits, res, mrc, erc),
+                 (None, mt, et, bits), (None, mt, et, bits, res, mr, er)):
         x, y = cpp_and_torch(int8_matmul, a, b, *args)
         assert torch.equal(x, y)
 
@@ -97,8 +98,8 @@ def test_linear_extremes_saturate(a_low, cpp_isa):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(M=st.integers(1, 40), K=st.integers(1, 300), N=st.integers(1, 140), seed=st.integers(0, 2**16),
        log_ratio=st.floats(-30, 0), residual=st.sampled_from([None, torch.int8, torch.int32]), bits=st.integers(2, 32),
-       a_low=st.sampled_from([-128, -127]))
-def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, cpp_isa):
+       a_low=st.sampled_from([-128, -127]), residual_channels=st.booleans())
+def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, residual_channels, cpp_isa):
     a = randint(a_low, 127, (M, K), torch.int8, seed=seed)
     b = randint(-128, 127, (N, K), torch.int8, seed=seed + 1)
     bias = randint(-(2**24), 2**24, (N,), torch.int32, seed=seed + 2)
@@ -107,7 +108,8 @@ def test_linear_property(M, K, N, seed, log_ratio, residual, bits, a_low, cpp_is
     args = (bias, m, e, bits)
     if residual is not None:
         top = 127 if residual == torch.int8 else 2**30
-        args += (randint(-top, top, (M, N), residual, seed=seed + 3), *dyadic(torch.rand(1, generator=g) * 4))
+        ratio = torch.rand(N if residual_channels else 1, generator=g) * 4
+        args += (randint(-top, top, (M, N), residual, seed=seed + 3), *dyadic(ratio))
     x, y = cpp_and_torch(int8_matmul, a, b, *args)
     assert torch.equal(x, y)
 

@@ -72,6 +72,14 @@ def test_requantize_residual_exact_and_matches_float():
     assert torch.equal(a, b)
     ref = torch.round(x.double() * (m.double() * 2.0 ** -e.double())) + torch.round(r.double() * 0.37)
     assert (b.double() - ref).abs().max() <= 1
+    ratios = torch.linspace(0.01, 3.0, 65, dtype=torch.float64)  # a residual multiplier per channel
+    mr, er = dyadic(ratios)
+    a, b = both(requantize, x, m, e, 22, residual=r, m_res=mr, e_res=er)
+    assert torch.equal(a, b)
+    ref = torch.round(x.double() * (m.double() * 2.0 ** -e.double())) + torch.round(r.double() * ratios)
+    assert (b.double() - ref).abs().max() <= 1
+    with pytest.raises(ValueError, match="1 or 65 elements"):
+        requantize(x, m, e, 22, residual=r, m_res=mr[:64], e_res=er[:64])
 
 
 def test_requantize_rounds_half_up():
@@ -107,6 +115,9 @@ def test_int8_matmul_requant_residual_exact(M, K, N, bits):
     x, y = both(int8_matmul, a, b, bias, m, e, bits)
     assert torch.equal(x, y)
     x, y = both(int8_matmul, a, b, bias, m, e, bits, res, mr, er)
+    assert torch.equal(x, y)
+    mrc, erc = dyadic(torch.linspace(0.05, 1.5, N, dtype=torch.float64))  # per channel
+    x, y = both(int8_matmul, a, b, bias, m, e, bits, res, mrc, erc)
     assert torch.equal(x, y)
     mt, et = dyadic(torch.tensor([2.0 ** (bits - 17)]))
     x, y = both(int8_matmul, a, b, None, mt, et, bits)

@@ -180,9 +180,10 @@ def test_scales_propagate_between_layers():
     assert torch.equal(seen[1][0], seen[0][1]) and not torch.equal(seen[1][0], seen[0][0])
 
 
+@pytest.mark.parametrize("smoothquant", [False, True])
 @pytest.mark.parametrize("name", HEADS)
-def test_integer_engine_equals_fake_quant(name):
-    model = calibrated(name)
+def test_integer_engine_equals_fake_quant(name, smoothquant):
+    model = smoothed(name) if smoothquant else calibrated(name)
     engine = convert_to_integer(model)
     inputs = inputs_for(name, *batch(7))
     with torch.no_grad():
@@ -193,6 +194,32 @@ def test_integer_engine_equals_fake_quant(name):
     for key, value in a.items():
         if torch.is_tensor(value):
             assert torch.equal(value, b[key]), key
+
+
+def smoothed(name="IBertForSequenceClassification", alpha=0.5):
+    """`calibrated` with per-channel LayerNorm outputs (smoothquant), smoothed at `alpha`."""
+    model = calibrated(name, smoothquant=True)
+    (model if name == "IBertModel" else model.ibert).smooth_layernorm_outputs(alpha)
+    return model
+
+
+def test_smoothquant_scales():
+    """alpha 1: each LayerNorm output channel its own range; alpha 0: the scales follow the readers' weights
+    only; a model without smoothquant refuses."""
+    model = smoothed("IBertModel", alpha=1.0)
+    acts = [model.embeddings.output_activation] + [m.output_activation for layer in model.encoder.layer
+                                                   for m in (layer.attention.output, layer.output)]
+    for act in acts:
+        assert act.scale().shape == (TINY["hidden_size"],)
+        assert torch.allclose(act.scale(), act.channel_range() / 127, rtol=1e-5)
+    model.smooth_layernorm_outputs(0.0)
+    w = model.encoder.layer[0].intermediate.dense.weight.abs().amax(0)
+    s = model.encoder.layer[0].attention.output.output_activation.smoothing
+    assert torch.allclose(s, (1 / w) / (1 / w).max())
+    with pytest.raises(ValueError, match="alpha must be in"):
+        model.smooth_layernorm_outputs(1.5)
+    with pytest.raises(ValueError, match="smoothquant=True"):
+        calibrated("IBertModel").smooth_layernorm_outputs(0.5)
 
 
 def test_integer_engine_hidden_states_are_integers():
@@ -245,11 +272,13 @@ def test_no_float_op_between_embedding_lookup_and_head(route, gemm_route):
 @pytest.mark.parametrize("backend,isa", [("triton", None), pytest.param("cpp", "amx_int8", marks=pytest.mark.amx),
                                          pytest.param("cpp", "avx512_vnni", marks=pytest.mark.cpp),
                                          pytest.param("cpp", "avx2", marks=pytest.mark.cpp)])
-def test_integer_engine_backend_equals_torch(backend, isa, monkeypatch):
-    """Every kernel path gives the torch path's integers: Triton, the C++ encoder layers on each instruction set."""
+@pytest.mark.parametrize("smoothquant", [False, True])
+def test_integer_engine_backend_equals_torch(backend, isa, smoothquant, monkeypatch):
+    """Every kernel path gives the torch path's integers: Triton, the C++ encoder layers on each instruction set;
+    with per-tensor and per-channel (smoothquant) LayerNorm outputs."""
     if isa:
         force_isa(monkeypatch, isa)
-    engine = convert_to_integer(calibrated("IBertModel"))
+    engine = convert_to_integer(smoothed("IBertModel") if smoothquant else calibrated("IBertModel"))
     ids, mask = batch(3)
     head_mask = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.uint8)
     args = (ids, mask, torch.zeros_like(ids), ibert.modeling.position_ids_from_input_ids(ids, 1))
@@ -265,8 +294,9 @@ def test_integer_engine_backend_equals_torch(backend, isa, monkeypatch):
         assert torch.equal(got.cpu(), want)
 
 
-def test_integer_engine_save_load_roundtrip(tmp_path):
-    engine = convert_to_integer(calibrated("IBertForMaskedLM"))
+@pytest.mark.parametrize("smoothquant", [False, True])
+def test_integer_engine_save_load_roundtrip(tmp_path, smoothquant):
+    engine = convert_to_integer(smoothed("IBertForMaskedLM") if smoothquant else calibrated("IBertForMaskedLM"))
     save_integer(engine, tmp_path)
     loaded = load_integer(tmp_path)
     ids, mask = batch()

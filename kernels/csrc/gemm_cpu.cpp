@@ -38,7 +38,8 @@ struct Epilogue {
   bool out_int32;             // else int8
   const void* res = nullptr;  // [M, N] int8 or int32 residual
   bool res_int32 = false;
-  int64_t m_res = 0, half_res = 0, e_res = 0;
+  const int32_t* m_res = nullptr;  // [Np] the residual's multiplier
+  const int32_t* e_res = nullptr;  // [Np] its shift
   bool gelu = false;          // i-GELU of the (mid-bit) requantized value, then a per-tensor requantization
   int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
   int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
@@ -58,34 +59,43 @@ inline __m512i gelu16(__m512i q, const Epilogue& ep) {
   return _mm512_mullo_epi32(q, _mm512_add_epi32(erf, _mm512_set1_epi32(ep.one)));
 }
 
-// One 16-channel column's requantization constants (even and odd lanes), loaded once for all the rows of a tile.
-struct Column {
-  __mmask16 keep;  // the channels < N
+// The dyadic multipliers of 16 channels, in their even and odd lanes.
+struct Lanes {
   __m512i m_even, m_odd, half_even, half_odd, e_even, e_odd;
 };
 
-inline Column column(int64_t n, int64_t N, const Epilogue& ep) {
-  const __mmask16 keep = below(n, N);
-  const __m512i m = _mm512_loadu_si512(ep.m + n), e = _mm512_loadu_si512(ep.e + n);
+inline Lanes lanes(const int32_t* m_ptr, const int32_t* e_ptr) {
+  const __m512i m = _mm512_loadu_si512(m_ptr), e = _mm512_loadu_si512(e_ptr);
   const __m512i e_even = _mm512_and_si512(e, _mm512_set1_epi64(0xffffffff)), e_odd = odd_lanes(e);
   const __m512i one = _mm512_set1_epi64(1);  // half = (1 << e) >> 1
-  return {keep, m, odd_lanes(m), _mm512_srli_epi64(_mm512_sllv_epi64(one, e_even), 1),
+  return {m, odd_lanes(m), _mm512_srli_epi64(_mm512_sllv_epi64(one, e_even), 1),
           _mm512_srli_epi64(_mm512_sllv_epi64(one, e_odd), 1), e_even, e_odd};
+}
+
+// One 16-channel column's requantization constants, loaded once for all the rows of a tile.
+struct Column {
+  __mmask16 keep;  // the channels < N
+  Lanes out, res;  // res: the residual's (with a residual only)
+};
+
+inline Column column(int64_t n, int64_t N, const Epilogue& ep) {
+  Column col{below(n, N), lanes(ep.m + n, ep.e + n), {}};
+  if (ep.res) col.res = lanes(ep.m_res + n, ep.e_res + n);
+  return col;
 }
 
 // Requantize 16 accumulators (channels n .. n + 15 of one row, the bias added) and store those below N.
 inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, const Column& col, const Epilogue& ep,
                        void* out) {
   const __mmask16 keep = col.keep;
-  __m512i even = rshift_round(acc, col.m_even, col.half_even, col.e_even);
-  __m512i odd = rshift_round(odd_lanes(acc), col.m_odd, col.half_odd, col.e_odd);
+  __m512i even = rshift_round(acc, col.out.m_even, col.out.half_even, col.out.e_even);
+  __m512i odd = rshift_round(odd_lanes(acc), col.out.m_odd, col.out.half_odd, col.out.e_odd);
   const int64_t at = row * N + n;
   if (ep.res) {
     const __m512i r = ep.res_int32 ? _mm512_maskz_loadu_epi32(keep, static_cast<const int32_t*>(ep.res) + at)
                                    : _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(keep, static_cast<const int8_t*>(ep.res) + at));
-    const __m512i m = _mm512_set1_epi64(ep.m_res), half = _mm512_set1_epi64(ep.half_res), e = _mm512_set1_epi64(ep.e_res);
-    even = _mm512_add_epi64(even, rshift_round(r, m, half, e));
-    odd = _mm512_add_epi64(odd, rshift_round(odd_lanes(r), m, half, e));
+    even = _mm512_add_epi64(even, rshift_round(r, col.res.m_even, col.res.half_even, col.res.e_even));
+    odd = _mm512_add_epi64(odd, rshift_round(odd_lanes(r), col.res.m_odd, col.res.half_odd, col.res.e_odd));
   }
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
@@ -206,33 +216,42 @@ inline __m256i gelu8(__m256i q, const Epilogue& ep) {
   return _mm256_mullo_epi32(q, _mm256_add_epi32(erf, _mm256_set1_epi32(ep.one)));
 }
 
-// One 8-channel column's requantization constants (m, e padded to a whole panel).
-struct Column {
+// The dyadic multipliers of 8 channels (m, e padded to a whole panel), in their even and odd lanes.
+struct Lanes {
   __m256i m_even, m_odd, half_even, half_odd, e_even, e_odd;
 };
 
-inline Column column(int64_t n, const Epilogue& ep) {
-  const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.m + n));
-  const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.e + n));
+inline Lanes lanes(const int32_t* m_ptr, const int32_t* e_ptr) {
+  const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m_ptr));
+  const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e_ptr));
   const __m256i e_even = _mm256_and_si256(e, _mm256_set1_epi64x(0xffffffff)), e_odd = odd_lanes(e);
   const __m256i one = _mm256_set1_epi64x(1);
   return {m, odd_lanes(m), _mm256_srli_epi64(_mm256_sllv_epi64(one, e_even), 1),
           _mm256_srli_epi64(_mm256_sllv_epi64(one, e_odd), 1), e_even, e_odd};
 }
 
+// One 8-channel column's requantization constants: the output's, and the residual's (with a residual only).
+struct Column {
+  Lanes out, res;
+};
+
+inline Column column(int64_t n, const Epilogue& ep) {
+  Column col{lanes(ep.m + n, ep.e + n), {}};
+  if (ep.res) col.res = lanes(ep.m_res + n, ep.e_res + n);
+  return col;
+}
+
 // Requantize 8 accumulators (channels n .. n + 7 of one row, the bias added) and store those below N.
 inline void epilogue8(__m256i acc, int64_t row, int64_t n, int64_t N, const Column& col, const Epilogue& ep,
                       void* out) {
   const int64_t at = row * N + n, lanes = std::min<int64_t>(8, N - n);
-  __m256i even = rshift_round(acc, col.m_even, col.half_even, col.e_even);
-  __m256i odd = rshift_round(odd_lanes(acc), col.m_odd, col.half_odd, col.e_odd);
+  __m256i even = rshift_round(acc, col.out.m_even, col.out.half_even, col.out.e_even);
+  __m256i odd = rshift_round(odd_lanes(acc), col.out.m_odd, col.out.half_odd, col.out.e_odd);
   if (ep.res) {
     const __m256i r = ep.res_int32 ? load8(static_cast<const int32_t*>(ep.res) + at, lanes)
                                    : load8(static_cast<const int8_t*>(ep.res) + at, lanes);
-    const __m256i m = _mm256_set1_epi64x(ep.m_res), half = _mm256_set1_epi64x(ep.half_res);
-    const __m256i e = _mm256_set1_epi64x(ep.e_res);
-    even = _mm256_add_epi64(even, rshift_round(r, m, half, e));
-    odd = _mm256_add_epi64(odd, rshift_round(odd_lanes(r), m, half, e));
+    even = _mm256_add_epi64(even, rshift_round(r, col.res.m_even, col.res.half_even, col.res.e_even));
+    odd = _mm256_add_epi64(odd, rshift_round(odd_lanes(r), col.res.m_odd, col.res.half_odd, col.res.e_odd));
   }
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
@@ -623,7 +642,7 @@ torch::Tensor pack_weight(torch::Tensor w) {
 
 // a: [M, K4] int8 (K4 a multiple of 4); packed from pack_weight for N outputs; bias: [N] int32 or empty;
 // m, e: [1] or [N] int32, to +-qmax; out_bits: bits of the result (int8 for <= 8, else int32). residual: [M, N]
-// int8/int32 or empty, with its per-tensor (m_res, e_res). gelu: [5] int64 (clip, c, k, one, r) or empty; then
+// int8/int32 or empty, with its (m_res, e_res): [1] or [N] int32. gelu: [5] int64 (clip, c, k, one, r) or empty; then
 // m, e take the accumulator to the i-GELU input (qmax) and (m2, e2) its output to out_bits. blocking: [rows, tiles,
 // panel_major], or empty for the tuned one of this shape (else the default).
 torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
@@ -650,19 +669,19 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     TORCH_CHECK_TYPE(residual.scalar_type() == torch::kInt8 || residual.scalar_type() == torch::kInt32,
                      "linear: residual must be int8 or int32");
     ibert::check_shape(op, "residual", residual, residual.scalar_type(), {M, N});
-    ibert::check_multiplier(op, "(m_res, e_res)", m_res, e_res, 1);
+    ibert::check_multiplier(op, "(m_res, e_res)", m_res, e_res, N);
   }
   const ibert::Isa isa = ibert::require_simd(op, ibert::Isa::kAvx2);
   const Blocking b = blocking.empty() ? blocking_for(isa, M, N, K) : checked_blocking(op, isa, blocking);
   auto out = torch::empty({M, N}, a.options().dtype(out_bits <= 8 ? torch::kInt8 : torch::kInt32));
   const std::vector<int32_t> mc = per_channel(m, N, Np), ec = per_channel(e, N, Np);
   Epilogue ep{nullptr, mc.data(), ec.data(), qmax, out_bits > 8};
+  std::vector<int32_t> mrc, erc;
   if (residual.numel()) {
+    mrc = per_channel(m_res, N, Np), erc = per_channel(e_res, N, Np);
     ep.res = residual.data_ptr();
     ep.res_int32 = residual.scalar_type() == torch::kInt32;
-    ep.m_res = m_res.data_ptr<int32_t>()[0];
-    ep.e_res = e_res.data_ptr<int32_t>()[0];
-    ep.half_res = half_of(ep.e_res);
+    ep.m_res = mrc.data(), ep.e_res = erc.data();
   }
   if (gelu.numel()) {
     const int64_t* g = gelu.data_ptr<int64_t>();
