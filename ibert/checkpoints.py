@@ -26,7 +26,10 @@ ARCHITECTURE_FIELDS = (
 IGNORED = re.compile(r"(weight_integer|bias_integer|fc_scaling_factor|act_scaling_factor|weight_scaling_factor|"
                      r"LayerNorm\.shift|LayerNorm\.activation\.|softmax\.act\.|pre_intermediate_act|pre_output_act|"
                      r"position_ids|^cls\.)")
-OPTIONAL = re.compile(r"(x_min|x_max|^ibert\.pooler\.)")
+QUANT_FIELDS = ("quant_mode", "force_dequant", "act_bits", "weight_bits", "embedding_act_bits", "ln_input_bits",
+                "gelu_input_bits", "softmax_bits", "smoothquant")
+RANGES = re.compile(r"\.(x_min|x_max|smoothing)$")  # observed (calibration, QAT) and computed from them
+OPTIONAL = re.compile(RANGES.pattern + r"|^ibert\.pooler\.")
 
 
 def read_state_dict(name_or_path: str) -> dict[str, torch.Tensor]:
@@ -57,8 +60,7 @@ def ibert_config_from(source: PretrainedConfig, **overrides) -> IBertConfig:
     keep = {k: getattr(source, k) for k in ("num_labels", "id2label", "label2id", "problem_type")
             if hasattr(source, k) and source.model_type == "ibert"}
     if source.model_type == "ibert":
-        for k in ("quant_mode", "force_dequant"):
-            keep[k] = getattr(source, k)
+        keep |= {k: getattr(source, k) for k in QUANT_FIELDS if hasattr(source, k)}  # transformers' has the first two
     return IBertConfig(**{**fields, **keep, **overrides})
 
 
@@ -96,6 +98,8 @@ def load_pretrained(cls: type[modeling.IBertPreTrainedModel], name_or_path: str 
         raise ValueError(f"unsupported checkpoint type {source.model_type!r}: expected ibert, roberta or bert")
     config = ibert_config_from(source, **overrides)
     state = convert_state_dict(read_state_dict(name_or_path), source)
+    if not getattr(source, "quant_mode", False):  # an fp32 model never observed a range: the new model's own shape
+        state = {k: v for k, v in state.items() if not RANGES.search(k)}
     model = cls(config)
     expected = model.state_dict()
     if cls is modeling.IBertModel:

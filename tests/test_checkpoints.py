@@ -62,6 +62,21 @@ def test_bert_checkpoint_minilm_offline():
     assert model.config.pad_token_id == 0 and model.config.max_position_embeddings == 513
 
 
+def test_fp32_checkpoint_loads_as_smoothquant_model(tmp_path):
+    """A fine-tuned fp32 model starts PTQ / QAT with per-channel LayerNorm outputs: their ranges and smoothing
+    are not in the checkpoint (observed and computed later), and reload from the saved quant model."""
+    torch.manual_seed(0)
+    ibert.IBertForSequenceClassification(ibert.IBertConfig(**TINY, num_labels=2)).save_pretrained(tmp_path / "fp32")
+    model = load_pretrained(ibert.IBertForSequenceClassification, tmp_path / "fp32", quant_mode=True, smoothquant=True)
+    act = model.ibert.encoder.layer[0].output.output_activation
+    assert act.smoothing.shape == act.x_min.shape == (TINY["hidden_size"],)
+    act.smoothing.fill_(0.5)
+    model.save_pretrained(tmp_path / "ptq")
+    again = load_pretrained(ibert.IBertForSequenceClassification, tmp_path / "ptq")
+    assert again.config.smoothquant and torch.equal(again.ibert.encoder.layer[0].output.output_activation.smoothing,
+                                                    act.smoothing)
+
+
 def test_missing_and_mismatched_keys(tmp_path):
     torch.manual_seed(0)
     transformers.RobertaModel(transformers.RobertaConfig(**TINY)).save_pretrained(tmp_path)
