@@ -71,12 +71,19 @@ def main_value(r: dict, path: str) -> float | None:
     return next(iter(per_split.values()))[r["main_metric"]]
 
 
+def smoothquant(config: dict) -> str:
+    """', smoothquant <alpha>' for a run with per-channel LayerNorm outputs, else ''."""
+    alpha = (config.get("recipe") or {}).get("smoothquant_alpha")
+    return "" if alpha is None else f", smoothquant {alpha:g}"
+
+
 def label(r: dict) -> str:
     c = r["config"]
     distill = (c.get("recipe") or {}).get("distill")
     extra = (", distilled (" + ", ".join(f"{k} {v:g}" for k, v in distill.items() if k in ("logits", "hidden") and v)
              + ")") if distill else ""
-    return f"{r['task']} ({c['model']['short']}, {c['path']['name']}, force_dequant={c['force_dequant']}{extra})"
+    return (f"{r['task']} ({c['model']['short']}, {c['path']['name']}, force_dequant={c['force_dequant']}{extra}"
+            f"{smoothquant(c)})")
 
 
 def experiment(r: dict) -> str:
@@ -189,7 +196,8 @@ def fidelity(groups: list[list[dict]], peers: list[dict]) -> dict[str, dict[str,
     out: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for g in groups:
         c = g[0]["config"]
-        name = f"ours {c['path']['name']}" + (", distilled" if (c.get("recipe") or {}).get("distill") else "")
+        name = (f"ours {c['path']['name']}" + (", distilled" if (c.get("recipe") or {}).get("distill") else "")
+                + smoothquant(c))
         if c["force_dequant"] != "none":
             name += f", force_dequant={c['force_dequant']}"
         deltas = integer_deltas(g)

@@ -114,3 +114,14 @@ def test_fidelity_holds_our_integer_runs_and_the_peers_int8_per_seed(tmp_path):
     assert fid == {"mrpc": {"ours qat": [-1.0, 0.5], "ONNX Runtime int8": [-2.0]}}
     report.plot(report.seed_groups(runs), str(tmp_path / "chart.png"), peers)
     assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+def test_smoothquant_runs_are_their_own_experiment(tmp_path):
+    plain, smooth = write_run(tmp_path, "sst2", 1, 90.0, 89.0), write_run(tmp_path / "b", "sst2", 1, 90.0, 90.5)
+    r = json.loads((smooth / "results.json").read_text())
+    r["config"]["recipe"]["smoothquant_alpha"] = 1.0
+    (smooth / "results.json").write_text(json.dumps(r))
+    groups = report.seed_groups(report.collect([str(plain), str(smooth)]))
+    assert sorted(report.label(g[0]) for g in groups) == [
+        "sst2 (minilm, qat, force_dequant=none)", "sst2 (minilm, qat, force_dequant=none, smoothquant 1)"]
+    assert set(report.fidelity(groups, [])["sst2"]) == {"ours qat", "ours qat, smoothquant 1"}
