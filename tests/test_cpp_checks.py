@@ -160,7 +160,7 @@ LINEAR_CASES = {
     "residual dtype": (lambda a: replaced(a, residual=torch.zeros(5, 70, dtype=torch.int16)), TypeError,
                        "residual must be int8 or int32"),
     "residual without multiplier": (lambda a: replaced(a, residual=torch.zeros(5, 70, dtype=torch.int8)),
-                                    ValueError, r"\(m_res, e_res\) must be two int32 tensors of 1 element"),
+                                    ValueError, r"\(m_res, e_res\) must be two int32 tensors of 1 or 70 elements"),
     "gelu length": (lambda a: replaced(a, gelu=torch.zeros(4, dtype=torch.int64)), ValueError,
                     r"gelu must have shape \[5\]"),
     "gelu shift": (lambda a: replaced(a, gelu=torch.tensor([1, 1, 40, 1, 0]), qmax=100, m2=a["m"][:1], e2=a["e"][:1]),
