@@ -350,6 +350,9 @@ class IBertModel(IBertPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
     @torch.no_grad()
     def smooth_layernorm_outputs(self, alpha: float) -> None:
         """SmoothQuant's migration (config.smoothquant), from the observed ranges: each LayerNorm output's
@@ -372,9 +375,6 @@ class IBertModel(IBertPreTrainedModel):
                 w = torch.cat([lin.weight.abs() for lin in linears]).amax(0).clamp(min=EPS_SCALE)
                 r = r**alpha / w ** (1 - alpha)
             act.smoothing.copy_(r / r.max())
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
 
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
