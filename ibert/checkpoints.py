@@ -27,7 +27,7 @@ IGNORED = re.compile(r"(weight_integer|bias_integer|fc_scaling_factor|act_scalin
                      r"LayerNorm\.shift|LayerNorm\.activation\.|softmax\.act\.|pre_intermediate_act|pre_output_act|"
                      r"position_ids|^cls\.)")
 QUANT_FIELDS = ("quant_mode", "force_dequant", "act_bits", "weight_bits", "embedding_act_bits", "ln_input_bits",
-                "gelu_input_bits", "softmax_bits", "smoothquant")
+                "gelu_input_bits", "softmax_bits", "smoothquant", "smoothquant_gelu")
 RANGES = re.compile(r"\.(x_min|x_max|smoothing)$")  # observed (calibration, QAT) and computed from them
 OPTIONAL = re.compile(RANGES.pattern + r"|^ibert\.pooler\.")
 

@@ -18,6 +18,7 @@ class IBertConfig(PretrainedConfig):
     smoothquant: False: one scale per LayerNorm output tensor, as in the paper; True: a scale per channel, its
         smoothing migrated into the weights of the linears that read it (SmoothQuant; `smooth_layernorm_outputs`),
         which spares the other channels the outliers of a few (BERT's residual stream has them).
+    smoothquant_gelu: the same for each i-GELU output (`smooth_gelu_outputs`), read by the FFN's output dense.
     backend: how the integer engine runs its kernels ("auto": Triton on CUDA; on the CPU the C++ kernels where
         they build, else the torch reference; or "triton", "torch", "cpp").
     """
@@ -51,6 +52,7 @@ class IBertConfig(PretrainedConfig):
         gelu_input_bits: int = 16,
         softmax_bits: int = 8,
         smoothquant: bool = False,
+        smoothquant_gelu: bool = False,
         backend: str = "auto",
         tie_word_embeddings: bool = True,
         **kwargs,
@@ -79,6 +81,7 @@ class IBertConfig(PretrainedConfig):
         self.gelu_input_bits = gelu_input_bits
         self.softmax_bits = softmax_bits
         self.smoothquant = smoothquant
+        self.smoothquant_gelu = smoothquant_gelu
         self.backend = backend
         self.validate()
 

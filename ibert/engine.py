@@ -117,7 +117,7 @@ class IntegerLayer(nn.Module):
         self.attn_ln = _IntLayerNorm(H)
         self.ffn_in = _IntLinear(I, H)
         self.register_buffer("gelu_params", torch.zeros(GELU_PARAMS, 1, dtype=torch.int64))
-        self.gelu_out = _Requant()
+        self.gelu_out = _Requant(I if config.smoothquant_gelu else 1)  # per i-GELU output channel with smoothquant_gelu
         self.ffn_out = _IntLinear(H, I)
         self.ffn_residual = _Requant(C)
         self.ffn_ln = _IntLayerNorm(H)

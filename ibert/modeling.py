@@ -101,6 +101,19 @@ def layernorm_output_act(config: IBertConfig) -> QuantAct:
                     channels=config.hidden_size if config.smoothquant else 1)
 
 
+def _smooth(readers: list[tuple[QuantAct, list[QuantLinear]]], alpha: float) -> None:
+    """Set each per-channel quantizer's smoothing to r_c**alpha / w_c**(1 - alpha), normalized to a largest 1:
+    r_c its observed range, w_c the largest |w| in column c of the linears that read it (none: r_c)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    for act, linears in readers:
+        r = act.channel_range().clamp(min=EPS_SCALE)
+        if linears:
+            w = torch.cat([lin.weight.abs() for lin in linears]).amax(0).clamp(min=EPS_SCALE)
+            r = r**alpha / w ** (1 - alpha)
+        act.smoothing.copy_(r / r.max())
+
+
 class IBertEmbeddings(nn.Module):
     def __init__(self, config: IBertConfig):
         super().__init__()
@@ -219,7 +232,8 @@ class IBertIntermediate(nn.Module):
         self.gelu_input_act = QuantAct(config.gelu_input_bits, quant_mode=int_gelu)
         self.intermediate_act_fn = IntGELU(int_gelu, config.backend) if config.hidden_act == "gelu" else None
         self.float_act = ACT2FN[config.hidden_act]
-        self.output_activation = QuantAct(config.act_bits, quant_mode=q)
+        self.output_activation = QuantAct(config.act_bits, quant_mode=q,
+                                          channels=config.intermediate_size if config.smoothquant_gelu else 1)
 
     def forward(self, x, s_x) -> Scaled:
         h, s_h = self.dense(x, s_x)
@@ -361,20 +375,21 @@ class IBertModel(IBertPreTrainedModel):
         gives each channel its own range; smaller alphas spare the weights."""
         if not self.config.smoothquant:
             raise ValueError("smooth_layernorm_outputs needs config.smoothquant=True (per-channel LayerNorm outputs)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         layers = [layer.attention.self for layer in self.encoder.layer]
         readers = [(self.embeddings.output_activation, [layers[0].query, layers[0].key, layers[0].value])]
         for i, layer in enumerate(self.encoder.layer):
             nxt = [layers[i + 1].query, layers[i + 1].key, layers[i + 1].value] if i + 1 < len(layers) else []
             readers += [(layer.attention.output.output_activation, [layer.intermediate.dense]),
                         (layer.output.output_activation, nxt)]
-        for act, linears in readers:
-            r = act.channel_range().clamp(min=EPS_SCALE)
-            if linears:
-                w = torch.cat([lin.weight.abs() for lin in linears]).amax(0).clamp(min=EPS_SCALE)
-                r = r**alpha / w ** (1 - alpha)
-            act.smoothing.copy_(r / r.max())
+        _smooth(readers, alpha)
+
+    @torch.no_grad()
+    def smooth_gelu_outputs(self, alpha: float) -> None:
+        """The same migration (config.smoothquant_gelu) for each i-GELU output, read by the FFN's output dense:
+        a few channels of it carry outliers (MiniLM: one per layer, ~9x the rest's 99.9th percentile)."""
+        if not self.config.smoothquant_gelu:
+            raise ValueError("smooth_gelu_outputs needs config.smoothquant_gelu=True (per-channel i-GELU outputs)")
+        _smooth([(layer.intermediate.output_activation, [layer.output.dense]) for layer in self.encoder.layer], alpha)
 
     def forward(
         self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,

@@ -23,9 +23,12 @@ _TRAINING_KEYS = ("task.name", "model.name_or_path", "seed", "recipe.batch_size"
 _STAGE_KEYS = {
     "fp32": ("recipe.lr", "recipe.epochs", "recipe.max_steps"),
     "qat": ("recipe.qat_lr", "recipe.qat_epochs", "recipe.qat_max_steps", "recipe.distill", "force_dequant",
-            "init_from", "recipe.smoothquant_alpha"),
-    "ptq": ("recipe.calibration_samples", "force_dequant", "init_from", "recipe.smoothquant_alpha"),
+            "init_from", "recipe.smoothquant_alpha", "recipe.smoothquant_gelu_alpha"),
+    "ptq": ("recipe.calibration_samples", "force_dequant", "init_from", "recipe.smoothquant_alpha",
+            "recipe.smoothquant_gelu_alpha"),
 }
+_SMOOTHING = ("recipe.smoothquant_alpha", "recipe.smoothquant_gelu_alpha")
+_ADDED_LATER = ("recipe.smoothquant_gelu_alpha",)  # recorded only when set: older stages keep their identity
 
 
 def path_name(quant_mode: bool, name: str) -> str:
@@ -52,7 +55,8 @@ def stage_identity(cfg: DictConfig, stage: str, world_size: int = 1, depends_on:
     own dropout stream); `depends_on`: the identity of the stage it starts from."""
     values = {key: OmegaConf.select(cfg, key) for key in (*_TRAINING_KEYS, *_STAGE_KEYS[stage])}
     values = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
-    if values.get("recipe.smoothquant_alpha") is not None:  # QAT then starts from calibrated ranges
+    values = {k: v for k, v in values.items() if v is not None or k not in _ADDED_LATER}
+    if any(values.get(k) is not None for k in _SMOOTHING):  # QAT then starts from calibrated ranges
         values["recipe.calibration_samples"] = OmegaConf.select(cfg, "recipe.calibration_samples")
     values["world_size"] = world_size
     if depends_on:

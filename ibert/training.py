@@ -1,6 +1,6 @@
 """The GLUE recipe: stage 1 fp32 fine-tune, stage 2 QAT from it (or, path=ptq, a calibration of the activation
-ranges without training; with `recipe.smoothquant_alpha`, SmoothQuant's per-channel LayerNorm outputs, calibrated
-before either), conversion to the integer engine, and an evaluation of every path on dev. Each stage checkpoints
+ranges without training; with `recipe.smoothquant_alpha` / `smoothquant_gelu_alpha`, SmoothQuant's per-channel
+LayerNorm / i-GELU outputs, calibrated before either), conversion to the integer engine, and an evaluation of every path on dev. Each stage checkpoints
 atomically every N steps and resumes after a kill, bit for bit; a finished stage is skipped when the run is started again with the same output directory. Under
 `torchrun` the stages train data-parallel (DDP): each global batch of `recipe.batch_size` is split between the
 processes, and rank 0 alone writes checkpoints, models, logs and results.
@@ -335,12 +335,15 @@ def run(cfg: DictConfig) -> dict:
         quant_identity = stage_identity(cfg, stage, world.size, fp32_identity)
         check(out / stage, quant_identity)
         if not (out / stage / DONE).exists():
-            alpha = cfg.recipe.get("smoothquant_alpha")
-            qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant, smoothquant=alpha is not None)
-            if stage == "ptq" or alpha is not None:  # QAT from calibrated ranges when it smooths them
+            alpha, alpha_gelu = cfg.recipe.get("smoothquant_alpha"), cfg.recipe.get("smoothquant_gelu_alpha")
+            qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant, smoothquant=alpha is not None,
+                          smoothquant_gelu=alpha_gelu is not None)
+            if stage == "ptq" or alpha is not None or alpha_gelu is not None:  # QAT smooths calibrated ranges
                 times[f"{stage}_calibration_s"] = calibrate(qmodel, ctx)
             if alpha is not None:
                 qmodel.ibert.smooth_layernorm_outputs(alpha)
+            if alpha_gelu is not None:
+                qmodel.ibert.smooth_gelu_outputs(alpha_gelu)
             if stage != "ptq":
                 teacher = None
                 if cfg.recipe.get("distill"):

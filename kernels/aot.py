@@ -55,8 +55,10 @@ def gemm_spec(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, requant=True, a_u
     if not requant:
         sig["c_ptr"] = "*i32"
     residual = requant and not gelu
-    flags = dict(QMAX=32767 if gelu else 127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant, HAS_RESIDUAL=residual,
-                 RES_PER_CHANNEL=residual, A_UNSIGNED=a_unsigned, GELU=gelu, QMAX2=127 if gelu else 0, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
+    flags = dict(QMAX=32767 if gelu else 127, HAS_BIAS=True, REQUANT=requant, PER_CHANNEL=requant,
+                 HAS_RESIDUAL=residual, RES_PER_CHANNEL=residual, A_UNSIGNED=a_unsigned, GELU=gelu,
+                 GELU_PER_CHANNEL=gelu, QMAX2=127 if gelu else 0,
+                 BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M)
     name = f"int8_gemm{'_u8' if a_unsigned else ''}{'' if requant else '_acc'}{'_gelu' if gelu else ''}"
     return KernelSpec(name, _int8_gemm_kernel,
                       {**sig, **{k: "constexpr" for k in flags}}, flags)
@@ -74,7 +76,7 @@ def requantize_spec(BLOCK: int = 1024) -> KernelSpec:
 
 
 def gelu_spec(BLOCK: int = 1024) -> KernelSpec:
-    flags = dict(IN_MAX=qmax(INPUT_BITS), QMAX=127, PER_CHANNEL=True, REQUANT=True, BLOCK=BLOCK)
+    flags = dict(IN_MAX=qmax(INPUT_BITS), QMAX=127, PER_CHANNEL=True, REQUANT=True, OUT_PER_CHANNEL=True, BLOCK=BLOCK)
     return KernelSpec("gelu", _gelu_kernel,
                       {"x_ptr": "*i32", "p_ptr": "*i64", "m_ptr": "*i32", "e_ptr": "*i32", "y_ptr": "*i8",
                        "total": "i32", "N": "i32", "C": "i32", **_constexprs(flags)}, flags)

@@ -14,7 +14,7 @@ from kernels._triton import tl, triton
 from kernels._utils import (
     check_bits, check_multiplier, check_same_device, check_tensor, maybe_compiled, out_dtype, qmax,
 )
-from kernels.requant import requant_epilogue, requantize_reference
+from kernels.requant import load_multiplier, requant_epilogue, requantize_reference
 from kernels.tuning import launch_config
 
 ERF_A, ERF_B = -0.2888, -1.769
@@ -77,11 +77,11 @@ def gelu_epilogue(q, clip, c, k, one, r, IN_MAX: tl.constexpr):
 def _gelu_kernel(
     x_ptr,  # [R, N] int32
     p_ptr,  # [5, C] int64, C = N (PER_CHANNEL) or 1
-    m_ptr, e_ptr,  # [1] int32 (REQUANT)
+    m_ptr, e_ptr,  # [N] (OUT_PER_CHANNEL) or [1] int32 (REQUANT)
     y_ptr,  # [R, N] int32, or int8/int32 when REQUANT
     total, N, C,
     IN_MAX: tl.constexpr, QMAX: tl.constexpr, PER_CHANNEL: tl.constexpr, REQUANT: tl.constexpr,
-    BLOCK: tl.constexpr,
+    OUT_PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
@@ -94,7 +94,8 @@ def _gelu_kernel(
     q = tl.load(x_ptr + offs, mask=mask, other=0)
     y = gelu_epilogue(q, clip, c, k, one, r, IN_MAX)
     if REQUANT:
-        y = requant_epilogue(y.to(tl.int64), tl.load(m_ptr), tl.load(e_ptr), QMAX)
+        m, e = load_multiplier(m_ptr, e_ptr, offs % N, mask, OUT_PER_CHANNEL)
+        y = requant_epilogue(y.to(tl.int64), m, e, QMAX)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -106,7 +107,7 @@ def _gelu_triton(x, params, m, e, bits, config):
     _gelu_kernel[grid](
         x, params, m if requant else params, e if requant else params, y, total, x.shape[-1], C,
         IN_MAX=qmax(INPUT_BITS), QMAX=qmax(bits) if requant else 0, PER_CHANNEL=C > 1, REQUANT=requant,
-        **config,
+        OUT_PER_CHANNEL=requant and m.numel() > 1, **config,
     )
     return y
 
@@ -119,8 +120,8 @@ def gelu(
 
     x: [..., N] int32 holding 16-bit integers (larger values saturate to +-(2**15 - 1)), scale s.
     params: int64 [5, 1] or [5, N] from `gelu_params(s)`.
-    Returns [..., N] int32 with scale `out_scale` from `gelu_params`; or, with a per-tensor dyadic
-    multiplier (m, e), that result requantized to `bits` bits (int8 for bits <= 8) in the same pass.
+    Returns [..., N] int32 with scale `out_scale` from `gelu_params`; or, with a dyadic multiplier (m, e),
+    int32 [1] or [N] (per channel), that result requantized to `bits` bits (int8 for bits <= 8) in the same pass.
     config: Triton launch configuration ({BLOCK, num_warps}); default from `tuning.row_config`.
     """
     check_tensor("x", x, (torch.int32,))
@@ -133,7 +134,7 @@ def gelu(
         raise ValueError("requantization needs both m and e")
     if m is not None:
         check_bits(bits)
-        check_multiplier(m, e, 1)
+        check_multiplier(m, e, n)
     check_same_device(x=x, params=params, m=m, e=e)
     if resolve_cpu_backend(backend, x) != "triton":  # no C++ kernel: "cpp" runs the reference
         return _gelu_torch(x, params, m, e, bits)

@@ -42,7 +42,7 @@ def _int8_gemm_kernel(
     r_ptr,  # [M, N] residual, any int dtype, row-major
     mr_ptr, er_ptr,  # [N] (RES_PER_CHANNEL) or [1] int32
     gp_ptr,  # [5] int64 i-GELU constants (GELU)
-    m2_ptr, e2_ptr,  # [1] int32, requantization after i-GELU (GELU)
+    m2_ptr, e2_ptr,  # [N] (GELU_PER_CHANNEL) or [1] int32, requantization after i-GELU (GELU)
     M, N, K,
     stride_ab, stride_am, stride_ak,
     stride_bb, stride_bn, stride_bk,
@@ -50,7 +50,7 @@ def _int8_gemm_kernel(
     QMAX: tl.constexpr,
     HAS_BIAS: tl.constexpr, REQUANT: tl.constexpr, PER_CHANNEL: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RES_PER_CHANNEL: tl.constexpr, A_UNSIGNED: tl.constexpr, GELU: tl.constexpr,
-    QMAX2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    GELU_PER_CHANNEL: tl.constexpr, QMAX2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
@@ -100,7 +100,8 @@ def _int8_gemm_kernel(
             g = gelu_epilogue(out.to(tl.int32), tl.load(gp_ptr).to(tl.int32), tl.load(gp_ptr + 1).to(tl.int32),
                               tl.load(gp_ptr + 2).to(tl.int32), tl.load(gp_ptr + 3).to(tl.int32),
                               tl.load(gp_ptr + 4).to(tl.int32), QMAX)
-            out = requant_epilogue(g.to(tl.int64), tl.load(m2_ptr), tl.load(e2_ptr), QMAX2)
+            m2, e2 = load_multiplier(m2_ptr, e2_ptr, offs_n, mask_n, GELU_PER_CHANNEL)
+            out = requant_epilogue(g.to(tl.int64), m2, e2, QMAX2)
     else:
         out = acc
     c_ptrs = c_ptr + batch * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
@@ -131,7 +132,8 @@ def _gemm_triton(a, b, bias, m, e, bits, residual, m_res, e_res, config, gelu=No
         HAS_BIAS=bias is not None, REQUANT=requant, PER_CHANNEL=requant and m.numel() > 1,
         HAS_RESIDUAL=residual is not None, RES_PER_CHANNEL=residual is not None and m_res.numel() > 1,
         A_UNSIGNED=a.dtype == torch.uint8,
-        GELU=gelu is not None, QMAX2=qmax(gelu[3]) if gelu is not None else 0,
+        GELU=gelu is not None, GELU_PER_CHANNEL=gelu is not None and gelu[1].numel() > 1,
+        QMAX2=qmax(gelu[3]) if gelu is not None else 0,
         num_warps=num_warps, num_stages=num_stages, **cfg,
     )
     return c
@@ -401,7 +403,7 @@ def int8_matmul_gelu(
     """The FFN's first half in one kernel: `gelu(requant(a @ b.T + bias))`, requantized again.
 
     a: [M, K] int8; b: [N, K] int8 or its `pack_weight(b)`; bias: [N] int32; m, e: [1] or [N] int32 to `mid_bits` (<= 16) bits;
-    gelu_params: int64 [5, 1] from `gelu_params(mid scale)` (per tensor); m_out, e_out: [1] int32 taking
+    gelu_params: int64 [5, 1] from `gelu_params(mid scale)` (per tensor); m_out, e_out: [1] or [N] int32 taking
     the i-GELU output (scale from `gelu_params`) to `bits` bits. Returns [M, N], int8 for bits <= 8.
     Equals `gelu(int8_matmul(a, b, bias, m, e, mid_bits), gelu_params, m_out, e_out, bits)`. config: as
     `int8_matmul`'s.
@@ -415,7 +417,7 @@ def int8_matmul_gelu(
     if tuple(gelu_params.shape) != (GELU_PARAMS, 1):
         raise ValueError(f"gelu_params must be per tensor, [{GELU_PARAMS}, 1], got {tuple(gelu_params.shape)}")
     check_bits(bits)
-    check_multiplier(m_out, e_out, 1)
+    check_multiplier(m_out, e_out, N)
     check_same_device(a=a, b=b, bias=bias, m=m, e=e, gelu_params=gelu_params, m_out=m_out, e_out=e_out)
     backend = resolve_cpu_backend(backend, a)
     if backend == "cpp" and a.numel() and b.numel():

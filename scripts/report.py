@@ -72,9 +72,11 @@ def main_value(r: dict, path: str) -> float | None:
 
 
 def smoothquant(config: dict) -> str:
-    """', smoothquant <alpha>' for a run with per-channel LayerNorm outputs, else ''."""
-    alpha = (config.get("recipe") or {}).get("smoothquant_alpha")
-    return "" if alpha is None else f", smoothquant {alpha:g}"
+    """', smoothquant <alpha>' for a run with per-channel LayerNorm outputs, ', smoothquant gelu <alpha>' for
+    per-channel i-GELU outputs (both, when both), else ''."""
+    recipe = config.get("recipe") or {}
+    return "".join(f", smoothquant{site} {recipe[key]:g}" for key, site in
+                   (("smoothquant_alpha", ""), ("smoothquant_gelu_alpha", " gelu")) if recipe.get(key) is not None)
 
 
 def label(r: dict) -> str:

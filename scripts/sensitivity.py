@@ -2,7 +2,7 @@
 `path=ptq` calibrates them, then, one group at a time, that group widened to `--bits` bits (all others as they are).
 
     python scripts/sensitivity.py --model <run>/fp32/model --task sst2 [--bits 16] [--per-layer]
-        [--smoothquant-alpha 0.5] [--baseline-only]
+        [--smoothquant-alpha 0.5] [--smoothquant-gelu-alpha 0.5] [--baseline-only]
 
 A group is one quantizer of every layer (`encoder.layer.*.attention.self.query_activation`, ...; the softmax
 output; all weights together); `--per-layer` splits each group by layer. Per row, on dev: the main metric,
@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--per-layer", action="store_true", help="one row per quantizer and layer")
     p.add_argument("--smoothquant-alpha", type=float, default=None,
                    help="per-channel LayerNorm outputs smoothed at this alpha (recipe.smoothquant_alpha)")
+    p.add_argument("--smoothquant-gelu-alpha", type=float, default=None,
+                   help="per-channel i-GELU outputs smoothed at this alpha (recipe.smoothquant_gelu_alpha)")
     p.add_argument("--baseline-only", action="store_true", help="only the row with nothing widened")
     p.add_argument("--calibration-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=0, help="the choice of calibration examples (as a run's seed)")
@@ -93,11 +95,14 @@ def main() -> None:
 
     fp32 = load_pretrained(IBertForSequenceClassification, args.model, quant_mode=False).eval()
     fp32_logits = logits_of(fp32, collate, dev, args.batch_size)
-    alpha = args.smoothquant_alpha
-    model = load_pretrained(IBertForSequenceClassification, args.model, quant_mode=True, smoothquant=alpha is not None)
+    alpha, alpha_gelu = args.smoothquant_alpha, args.smoothquant_gelu_alpha
+    model = load_pretrained(IBertForSequenceClassification, args.model, quant_mode=True,
+                            smoothquant=alpha is not None, smoothquant_gelu=alpha_gelu is not None)
     observe_ranges(model, (collate(calib[i:i + 32]) for i in range(0, len(calib), 32)))
     if alpha is not None:
         model.ibert.smooth_layernorm_outputs(alpha)
+    if alpha_gelu is not None:
+        model.ibert.smooth_gelu_outputs(alpha_gelu)
 
     def row(name: str, widened: list[torch.nn.Module]) -> dict:
         saved = [m.bits for m in widened]
@@ -113,7 +118,8 @@ def main() -> None:
 
     found = {} if args.baseline_only else groups(model, args.bits, args.per_layer)
     print(f"{task.name} dev ({len(dev)}), {args.model}, ranges from {len(calib)} training examples"
-          f"{'' if alpha is None else f', smoothquant alpha {alpha}'}; "
+          f"{'' if alpha is None else f', smoothquant alpha {alpha}'}"
+          f"{'' if alpha_gelu is None else f', i-GELU smoothquant alpha {alpha_gelu}'}; "
           f"fp32 {task.main_metric} {scores(task, fp32_logits, fp32_logits, labels)[task.main_metric]:.2f}")
     print(f"| widened to {args.bits} bits | {task.main_metric} | agreement with fp32 | divergence from fp32 |")
     print("|---|---|---|---|")
@@ -124,7 +130,7 @@ def main() -> None:
     if args.out:
         atomic.write_file(args.out, lambda f: Path(f).write_text(json.dumps(
             {"task": task.name, "model": str(args.model), "bits": args.bits, "calibration_samples": len(calib),
-             "smoothquant_alpha": alpha,
+             "smoothquant_alpha": alpha, "smoothquant_gelu_alpha": alpha_gelu,
              "dev_examples": len(dev), "rows": rows}, indent=2)))
 
 

@@ -58,13 +58,15 @@ def test_linear_requant_residual_exact(M, K, N, bits, a_low, cpp_isa):
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("reach", [2.0**-2, 2.0**3])  # i-GELU inputs below the erf clip; past it and saturating
 @pytest.mark.parametrize("a_low", [-128, -127])
-def test_linear_gelu_exact(M, K, N, reach, a_low, cpp_isa):
+@pytest.mark.parametrize("out_per_channel", [False, True])  # the i-GELU output's multiplier
+def test_linear_gelu_exact(M, K, N, reach, a_low, out_per_channel, cpp_isa):
     a = randint(a_low, 127, (M, K), torch.int8, seed=4)
     b = randint(-128, 127, (N, K), torch.int8, seed=5)
     bias = randint(-(2**16), 2**16, (N,), torch.int32, seed=6)
     m, e = dyadic(torch.rand(N, dtype=torch.float64) * reach / math.sqrt(K))
     params, out_scale = gelu_params(torch.tensor(3e-4))
-    m2, e2 = dyadic(out_scale.double() / 0.02)
+    out_range = torch.rand(N, dtype=torch.float64) * 0.04 + 1e-3 if out_per_channel else torch.tensor([0.02])
+    m2, e2 = dyadic(out_scale.double() / out_range)
     for bias_ in (bias, None):
         x, y = cpp_and_torch(int8_matmul_gelu, a, b, bias_, m, e, params, m2, e2)
         assert torch.equal(x, y) and y.dtype == torch.int8

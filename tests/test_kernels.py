@@ -179,9 +179,10 @@ def test_gelu_exact(shape):
     a, b = both(gelu, x, params)
     assert torch.equal(a, b)
     pc, _ = gelu_params(torch.rand(shape[-1]) * 1e-2 + 1e-5)
-    m, e = dyadic(torch.tensor([1e-5]))
-    a, b = both(gelu, x, pc, m, e, 8)
-    assert torch.equal(a, b)
+    for ratio in (torch.tensor([1e-5]), torch.rand(shape[-1]) * 2e-5 + 1e-7):  # per tensor, per channel
+        m, e = dyadic(ratio)
+        a, b = both(gelu, x, pc, m, e, 8)
+        assert torch.equal(a, b)
 
 
 def test_gelu_float_error_within_paper_bounds():
@@ -214,13 +215,15 @@ def test_gelu_int32_arithmetic_does_not_overflow():
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 7, 5), (33, 100, 70), (7, 1023, 33)])
-def test_int8_matmul_gelu_exact_and_equals_unfused(M, K, N):
+@pytest.mark.parametrize("out_per_channel", [False, True])
+def test_int8_matmul_gelu_exact_and_equals_unfused(M, K, N, out_per_channel):
     a = randint(-128, 127, (M, K), torch.int8, seed=1)
     b = randint(-128, 127, (N, K), torch.int8, seed=2)
     bias = randint(-(2**16), 2**16, (N,), torch.int32)
     m, e = dyadic(torch.rand(N, dtype=torch.float64) * 2.0**-2 / math.sqrt(K))
     params, out_scale = gelu_params(torch.tensor(3e-4))
-    m2, e2 = dyadic(out_scale.double() / 0.02)
+    out_range = torch.rand(N, dtype=torch.float64) * 0.04 + 1e-3 if out_per_channel else torch.tensor([0.02])
+    m2, e2 = dyadic(out_scale.double() / out_range)
     x, y = both(kernels.int8_matmul_gelu, a, b, bias, m, e, params, m2, e2)
     assert torch.equal(x, y) and y.dtype == torch.int8
     h = int8_matmul(a, b, bias, m, e, 16, backend="torch")
@@ -447,6 +450,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="per tensor"):
         m, e = dyadic(torch.tensor([0.1]))
         kernels.int8_matmul_gelu(a, a, None, m, e, gelu_params(torch.rand(4))[0], m, e)
+    with pytest.raises(ValueError, match="1 or 4 elements"):  # the i-GELU output's multiplier: per tensor or channel
+        m3, e3 = dyadic(torch.rand(3))
+        kernels.int8_matmul_gelu(a, a, None, m, e, gelu_params(torch.tensor(1e-3))[0], m3, e3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")

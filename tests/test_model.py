@@ -197,9 +197,12 @@ def test_integer_engine_equals_fake_quant(name, smoothquant):
 
 
 def smoothed(name="IBertForSequenceClassification", alpha=0.5):
-    """`calibrated` with per-channel LayerNorm outputs (smoothquant), smoothed at `alpha`."""
-    model = calibrated(name, smoothquant=True)
-    (model if name == "IBertModel" else model.ibert).smooth_layernorm_outputs(alpha)
+    """`calibrated` with per-channel LayerNorm and i-GELU outputs (smoothquant, smoothquant_gelu), both smoothed
+    at `alpha`."""
+    model = calibrated(name, smoothquant=True, smoothquant_gelu=True)
+    base = model if name == "IBertModel" else model.ibert
+    base.smooth_layernorm_outputs(alpha)
+    base.smooth_gelu_outputs(alpha)
     return model
 
 
@@ -220,6 +223,25 @@ def test_smoothquant_scales():
         model.smooth_layernorm_outputs(1.5)
     with pytest.raises(ValueError, match="smoothquant=True"):
         calibrated("IBertModel").smooth_layernorm_outputs(0.5)
+
+
+def test_smoothquant_gelu_scales():
+    """The i-GELU outputs: alpha 1 gives each channel its own range, alpha 0 follows the FFN output weights'
+    columns; the LayerNorm outputs stay per tensor unless asked; a model without smoothquant_gelu refuses."""
+    model = calibrated("IBertModel", smoothquant_gelu=True)
+    model.smooth_gelu_outputs(1.0)
+    for layer in model.encoder.layer:
+        act = layer.intermediate.output_activation
+        assert act.scale().shape == (TINY["intermediate_size"],)
+        assert torch.allclose(act.scale(), act.channel_range() / 127, rtol=1e-5)
+        assert layer.output.output_activation.scale().shape == (1,)
+    model.smooth_gelu_outputs(0.0)
+    w = model.encoder.layer[1].output.dense.weight.abs().amax(0)
+    assert torch.allclose(model.encoder.layer[1].intermediate.output_activation.smoothing, (1 / w) / (1 / w).max())
+    with pytest.raises(ValueError, match="alpha must be in"):
+        model.smooth_gelu_outputs(-0.1)
+    with pytest.raises(ValueError, match="smoothquant_gelu=True"):
+        calibrated("IBertModel").smooth_gelu_outputs(0.5)
 
 
 def test_integer_engine_hidden_states_are_integers():

@@ -40,9 +40,11 @@ struct Epilogue {
   bool res_int32 = false;
   const int32_t* m_res = nullptr;  // [Np] the residual's multiplier
   const int32_t* e_res = nullptr;  // [Np] its shift
-  bool gelu = false;          // i-GELU of the (mid-bit) requantized value, then a per-tensor requantization
+  bool gelu = false;          // i-GELU of the (mid-bit) requantized value, then a second requantization
   int32_t clip = 0, c = 0, k = 0, one = 0, r = 0;
-  int64_t m2 = 0, half2 = 0, e2 = 0, qmax2 = 0;
+  const int32_t* m2 = nullptr;  // [Np] the i-GELU output's multiplier (with gelu only)
+  const int32_t* e2 = nullptr;  // [Np] its shift
+  int64_t qmax2 = 0;
 };
 
 IBERT_SIMD_BEGIN
@@ -74,13 +76,14 @@ inline Lanes lanes(const int32_t* m_ptr, const int32_t* e_ptr) {
 
 // One 16-channel column's requantization constants, loaded once for all the rows of a tile.
 struct Column {
-  __mmask16 keep;  // the channels < N
-  Lanes out, res;  // res: the residual's (with a residual only)
+  __mmask16 keep;        // the channels < N
+  Lanes out, res, gelu;  // res: the residual's (with a residual only); gelu: the i-GELU output's (with i-GELU only)
 };
 
 inline Column column(int64_t n, int64_t N, const Epilogue& ep) {
-  Column col{below(n, N), lanes(ep.m + n, ep.e + n), {}};
+  Column col{below(n, N), lanes(ep.m + n, ep.e + n), {}, {}};
   if (ep.res) col.res = lanes(ep.m_res + n, ep.e_res + n);
+  if (ep.gelu) col.gelu = lanes(ep.m2 + n, ep.e2 + n);
   return col;
 }
 
@@ -100,9 +103,8 @@ inline void epilogue16(__m512i acc, int64_t row, int64_t n, int64_t N, const Col
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
     const __m512i g = gelu16(join_clamp(even, odd, qmax), ep);
-    const __m512i m = _mm512_set1_epi64(ep.m2), half = _mm512_set1_epi64(ep.half2), e = _mm512_set1_epi64(ep.e2);
-    even = rshift_round(g, m, half, e);
-    odd = rshift_round(odd_lanes(g), m, half, e);
+    even = rshift_round(g, col.gelu.m_even, col.gelu.half_even, col.gelu.e_even);
+    odd = rshift_round(odd_lanes(g), col.gelu.m_odd, col.gelu.half_odd, col.gelu.e_odd);
     qmax = ep.qmax2;
   }
   const __m512i v = join_clamp(even, odd, qmax);
@@ -230,14 +232,16 @@ inline Lanes lanes(const int32_t* m_ptr, const int32_t* e_ptr) {
           _mm256_srli_epi64(_mm256_sllv_epi64(one, e_odd), 1), e_even, e_odd};
 }
 
-// One 8-channel column's requantization constants: the output's, and the residual's (with a residual only).
+// One 8-channel column's requantization constants: the output's, the residual's (with a residual only) and the
+// i-GELU output's (with i-GELU only).
 struct Column {
-  Lanes out, res;
+  Lanes out, res, gelu;
 };
 
 inline Column column(int64_t n, const Epilogue& ep) {
-  Column col{lanes(ep.m + n, ep.e + n), {}};
+  Column col{lanes(ep.m + n, ep.e + n), {}, {}};
   if (ep.res) col.res = lanes(ep.m_res + n, ep.e_res + n);
+  if (ep.gelu) col.gelu = lanes(ep.m2 + n, ep.e2 + n);
   return col;
 }
 
@@ -256,9 +260,8 @@ inline void epilogue8(__m256i acc, int64_t row, int64_t n, int64_t N, const Colu
   int64_t qmax = ep.qmax;
   if (ep.gelu) {
     const __m256i g = gelu8(join_clamp(even, odd, qmax), ep);
-    const __m256i m = _mm256_set1_epi64x(ep.m2), half = _mm256_set1_epi64x(ep.half2), e = _mm256_set1_epi64x(ep.e2);
-    even = rshift_round(g, m, half, e);
-    odd = rshift_round(odd_lanes(g), m, half, e);
+    even = rshift_round(g, col.gelu.m_even, col.gelu.half_even, col.gelu.e_even);
+    odd = rshift_round(odd_lanes(g), col.gelu.m_odd, col.gelu.half_odd, col.gelu.e_odd);
     qmax = ep.qmax2;
   }
   const __m256i v = join_clamp(even, odd, qmax);
@@ -643,8 +646,8 @@ torch::Tensor pack_weight(torch::Tensor w) {
 // a: [M, K4] int8 (K4 a multiple of 4); packed from pack_weight for N outputs; bias: [N] int32 or empty;
 // m, e: [1] or [N] int32, to +-qmax; out_bits: bits of the result (int8 for <= 8, else int32). residual: [M, N]
 // int8/int32 or empty, with its (m_res, e_res): [1] or [N] int32. gelu: [5] int64 (clip, c, k, one, r) or empty; then
-// m, e take the accumulator to the i-GELU input (qmax) and (m2, e2) its output to out_bits. blocking: [rows, tiles,
-// panel_major], or empty for the tuned one of this shape (else the default).
+// m, e take the accumulator to the i-GELU input (qmax) and (m2, e2), [1] or [N] int32, its output to out_bits.
+// blocking: [rows, tiles, panel_major], or empty for the tuned one of this shape (else the default).
 torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Tensor bias, torch::Tensor m,
                      torch::Tensor e, int64_t qmax, torch::Tensor residual, torch::Tensor m_res, torch::Tensor e_res,
                      torch::Tensor gelu, torch::Tensor m2, torch::Tensor e2, int64_t out_bits,
@@ -659,7 +662,7 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
   ibert::check_range(op, "out_bits", out_bits, 2, 32);
   if (gelu.numel()) {
     ibert::check_gelu_params(op, "gelu", gelu);
-    ibert::check_multiplier(op, "(m2, e2)", m2, e2, 1);
+    ibert::check_multiplier(op, "(m2, e2)", m2, e2, N);
     ibert::check_range(op, "qmax (of the i-GELU input)", qmax, 1, 32767);
   } else {
     TORCH_CHECK_VALUE(qmax == ibert::qmax_of(out_bits), "linear: without i-GELU, qmax must be 2**(out_bits - 1) - 1 = ",
@@ -683,13 +686,13 @@ torch::Tensor linear(torch::Tensor a, torch::Tensor packed, int64_t N, torch::Te
     ep.res_int32 = residual.scalar_type() == torch::kInt32;
     ep.m_res = mrc.data(), ep.e_res = erc.data();
   }
+  std::vector<int32_t> m2c, e2c;
   if (gelu.numel()) {
     const int64_t* g = gelu.data_ptr<int64_t>();
     ep.gelu = true;
     ep.clip = (int32_t)g[0], ep.c = (int32_t)g[1], ep.k = (int32_t)g[2], ep.one = (int32_t)g[3], ep.r = (int32_t)g[4];
-    ep.m2 = m2.data_ptr<int32_t>()[0];
-    ep.e2 = e2.data_ptr<int32_t>()[0];
-    ep.half2 = half_of(ep.e2);
+    m2c = per_channel(m2, N, Np), e2c = per_channel(e2, N, Np);
+    ep.m2 = m2c.data(), ep.e2 = e2c.data();
     ep.qmax2 = ibert::qmax_of(out_bits);
   }
   const int8_t* ap = a.data_ptr<int8_t>();

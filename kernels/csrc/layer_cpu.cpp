@@ -59,7 +59,8 @@ void check_buffers(const Buffers& buf, at::TensorList packed, int64_t H) {
     ibert::check_shape(op, (p + ".bias").c_str(), buf[p + ".bias"], torch::kInt32, {N});
     multiplier(p, N);
   }
-  for (const char* p : {"context", "gelu_output"}) multiplier(p, 1);
+  multiplier("context", 1);
+  multiplier("gelu_output", I);  // [1], or [I] (smoothquant_gelu)
   for (const char* p : {"attention_residual", "ffn_residual"}) multiplier(p, H);  // [1], or [H] (smoothquant)
   for (const std::string p : {"attention_layernorm", "ffn_layernorm"}) {
     ibert::check_shape(op, (p + ".eps").c_str(), buf[p + ".eps"], torch::kInt64, {1});
