@@ -227,6 +227,14 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
                              f"init_from={tmp_path / 'fp32' / 'model'}"]))
     assert ptq["metrics"]["fp32"] == results["metrics"]["fp32"] and ptq["integer_equals_fake_quant"]
     assert "ptq_calibration_s" in ptq["times_s"] and (tmp_path / "ptq_run" / "ptq" / "DONE").exists()
+    smooth = run(compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+                             + [f"output_dir={tmp_path / 'ptq_smooth'}", "path=ptq", "recipe.calibration_samples=20",
+                                f"init_from={tmp_path / 'fp32' / 'model'}", "recipe.smoothquant_alpha=0.5",
+                                "recipe.smoothquant_gelu_alpha=1.0"]))
+    assert smooth["integer_equals_fake_quant"]
+    identity = lambda d: json.loads((tmp_path / d / "ptq" / "identity.json").read_text())
+    assert identity("ptq_smooth")["recipe.smoothquant_gelu_alpha"] == 1.0
+    assert "recipe.smoothquant_gelu_alpha" not in identity("ptq_run")  # unset: older stages' identities still match
     for override, stage in (("recipe.qat_lr=3e-6", "qat"), ("recipe.lr=1e-4", "fp32"), ("seed=1", "fp32")):
         changed = compose_cfg([o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
                               + [f"output_dir={tmp_path}", override])

@@ -125,3 +125,5 @@ def test_smoothquant_runs_are_their_own_experiment(tmp_path):
     assert sorted(report.label(g[0]) for g in groups) == [
         "sst2 (minilm, qat, force_dequant=none)", "sst2 (minilm, qat, force_dequant=none, smoothquant 1)"]
     assert set(report.fidelity(groups, [])["sst2"]) == {"ours qat", "ours qat, smoothquant 1"}
+    r["config"]["recipe"]["smoothquant_gelu_alpha"] = 0.5
+    assert report.label(r) == "sst2 (minilm, qat, force_dequant=none, smoothquant 1, smoothquant gelu 0.5)"
