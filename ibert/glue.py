@@ -140,3 +140,11 @@ def compute_metrics(task: Task, predictions: np.ndarray, labels: np.ndarray) -> 
         "spearmanr": lambda: stats.spearmanr(predictions, labels)[0],
     }
     return {m: 100.0 * float(scores[m]()) for m in task.metrics}
+
+
+def agreement(task: Task, predictions: np.ndarray, reference: np.ndarray) -> float:
+    """How closely `predictions` follow `reference` (another model's, on the same examples), in percent:
+    classification, the share of equal class indices; regression, 100 x Pearson r of the scores."""
+    if task.labels is None:
+        return 100.0 * float(np.corrcoef(predictions, reference)[0, 1])
+    return 100.0 * float(np.mean(predictions == reference))

@@ -386,6 +386,10 @@ def run(cfg: DictConfig) -> dict:
                   "integer_agrees_with_fake_quant": agree}
     else:
         checks = {}
+    if "fp32" in preds:  # fidelity, less noisy than the metric: % of predictions equal (regression: 100 x r)
+        checks["agreement_with_fp32"] = {
+            path: {split: glue.agreement(task, p[split], preds["fp32"][split]) for split in p}
+            for path, p in preds.items() if path != "fp32"}
     results = {
         "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times, **checks,
         "seed": cfg.seed, "world_size": world.size, "git_commit": commit,

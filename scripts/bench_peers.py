@@ -210,13 +210,6 @@ def latency(args: argparse.Namespace) -> None:
                 ["case", "implementation", "ms", "its time / engine's", "rounds"])
 
 
-def agreement(task: glue.Task, p: np.ndarray, fp32: np.ndarray) -> float:
-    """Classification: the % of predictions equal to fp32's; regression: 100 x Pearson r with fp32's scores."""
-    if task.labels is None:
-        return float(np.corrcoef(p, fp32)[0, 1]) * 100
-    return float(np.mean(p == fp32)) * 100
-
-
 def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
@@ -261,7 +254,7 @@ def glue_accuracy(args: argparse.Namespace) -> None:
         result = {"task": task.name, "run": str(run_dir), "seed": seed, "calibration_samples": args.calibration_samples,
                   "cpu": device_name("cpu"), "implementations": {
                       name: {"metrics": glue.compute_metrics(task, p, labels),
-                             "agreement_with_fp32": agreement(task, p, base),
+                             "agreement_with_fp32": glue.agreement(task, p, base),
                              "runs_on": impls[name][1]} for name, p in preds.items()}}
         out = run_dir / "peers" / f"{task.name}-dev.json"
         out.parent.mkdir(exist_ok=True)

@@ -121,12 +121,21 @@ def group_row(group: list[dict]) -> dict:
     deltas = integer_deltas(group)
     if deltas:
         row["delta"] = (*mean_std(deltas), len(deltas), min(deltas), max(deltas))
+    agree = [a for a in (integer_agreement(r) for r in group) if a is not None]
+    if agree:
+        row["agreement"] = (*mean_std(agree), len(agree))
     return row
 
 
+def integer_agreement(r: dict) -> float | None:
+    """The integer-only model's agreement with fp32 on the first dev split (runs since session 15 record it)."""
+    per_split = r.get("agreement_with_fp32", {}).get("integer-only")
+    return next(iter(per_split.values())) if per_split else None
+
+
 def seed_table(groups: list[list[dict]]) -> str:
-    lines = ["| experiment | metric | seeds | fp32 | fake-quant | integer-only | integer - fp32 per seed | min .. max |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | metric | seeds | fp32 | fake-quant | integer-only | integer - fp32 per seed | min .. max "
+             "| integer's agreement with fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
         row = group_row(g)
         cells = [(f"{row[p][0]:.2f} ± {row[p][1]:.2f}" if row[p][2] > 1 else f"{row[p][0]:.2f}") if p in row else ""
@@ -134,9 +143,11 @@ def seed_table(groups: list[list[dict]]) -> str:
         d = row.get("delta")
         delta = ([f"{d[0]:+.2f} ± {d[1]:.2f}" if d[2] > 1 else f"{d[0]:+.2f}", f"{d[3]:+.2f} .. {d[4]:+.2f}"] if d
                  else ["", ""])
+        a = row.get("agreement")
+        agree = (f"{a[0]:.2f}" + (f" (n={a[2]})" if a[2] < len(g) else "")) if a else ""
         seeds = ",".join(str(r["seed"]) for r in g)
         lines.append(f"| {label(g[0])} | {g[0]['main_metric']} | {seeds} (n={len(g)}) | {' | '.join(cells)} | "
-                     f"{' | '.join(delta)} |")
+                     f"{' | '.join(delta)} | {agree} |")
     return "\n".join(lines)
 
 

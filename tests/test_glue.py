@@ -126,6 +126,13 @@ def test_metrics():
     assert set(m) == {"pearson", "spearmanr"}
 
 
+def test_agreement_between_two_models_predictions():
+    assert glue.agreement(glue.get_task("sst2"), np.array([1, 0, 1, 1]), np.array([1, 1, 1, 1])) == 75.0
+    scores = np.array([0.5, 2.0, 3.0, 4.5])
+    assert glue.agreement(glue.get_task("stsb"), 2 * scores + 1, scores) == pytest.approx(100.0)
+    assert glue.agreement(glue.get_task("stsb"), -scores, scores) == pytest.approx(-100.0)
+
+
 @needs_glue
 @pytest.mark.parametrize("task_name", ["cola", "mrpc", "sst2"])
 def test_metrics_on_real_dev_labels_equal_the_definitions(task_name):
@@ -211,6 +218,9 @@ def test_tiny_end_to_end_all_paths(tiny_setup, tmp_path):
     assert set(results["metrics"]) == {"fp32", "fake-quant", "integer-only"}
     assert results["metrics"]["integer-only"] == results["metrics"]["fake-quant"]
     assert results["integer_equals_fake_quant"] and results["integer_agrees_with_fake_quant"] == {"dev": 24}
+    agree = results["agreement_with_fp32"]
+    assert set(agree) == {"fake-quant", "integer-only"} and agree["integer-only"] == agree["fake-quant"]
+    assert 0.0 <= agree["integer-only"]["dev"] <= 100.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and saved["git_commit"] and saved["seed"] == 42
     assert (tmp_path / "integer" / "integer_model.safetensors").exists()

@@ -8,15 +8,19 @@ import pytest
 from ibert.scripts import report
 
 
-def write_run(root: Path, task: str, seed: int, fp32: float, integer: float, qat_lr: float = 2e-6) -> Path:
+def write_run(root: Path, task: str, seed: int, fp32: float, integer: float, qat_lr: float = 2e-6,
+              agreement: float | None = None) -> Path:
     d = root / task / f"qat-none-seed{seed}" if qat_lr == 2e-6 else root / task / f"qat-none-seed{seed},lr{qat_lr}"
     d.mkdir(parents=True)
     config = {"task": {"name": task}, "model": {"short": "minilm"}, "path": {"name": "qat"}, "force_dequant": "none",
               "recipe": {"qat_lr": qat_lr}, "seed": seed, "output_dir": str(d), "threads": None}
     metrics = {"fp32": {"dev": {"accuracy": fp32}}, "fake-quant": {"dev": {"accuracy": integer}},
                "integer-only": {"dev": {"accuracy": integer}}}
-    (d / "results.json").write_text(json.dumps({"task": task, "main_metric": "accuracy", "metrics": metrics,
-                                                "times_s": {"qat_train_s": 10.0}, "seed": seed, "config": config}))
+    r = {"task": task, "main_metric": "accuracy", "metrics": metrics, "times_s": {"qat_train_s": 10.0}, "seed": seed,
+         "config": config}
+    if agreement is not None:
+        r["agreement_with_fp32"] = {"fake-quant": {"dev": agreement}, "integer-only": {"dev": agreement}}
+    (d / "results.json").write_text(json.dumps(r))
     return d
 
 
@@ -36,6 +40,16 @@ def test_runs_differing_only_in_seed_aggregate(tmp_path):
     assert row["delta"] == pytest.approx((statistics.fmean(deltas), statistics.stdev(deltas), 3, -1.0, 0.5))
     text = report.seed_table(groups)
     assert "1,2,3 (n=3)" in text and "71.00 ± 1.00" in text and "-0.33 ± 0.76" in text and "-1.00 .. +0.50" in text
+    assert "agreement" not in row
+
+
+def test_the_seed_table_shows_the_integer_models_agreement_with_fp32(tmp_path):
+    for seed, agree in ((1, 97.0), (2, 98.0)):
+        write_run(tmp_path, "rte", seed, 70.0, 69.0, agreement=agree)
+    write_run(tmp_path, "rte", 3, 70.0, 69.0)  # an older run, before results recorded it
+    groups = report.seed_groups(report.collect([str(tmp_path)]))
+    assert report.group_row(groups[0])["agreement"] == pytest.approx((97.5, statistics.stdev([97.0, 98.0]), 2))
+    assert report.seed_table(groups).splitlines()[-1].endswith("| 97.50 (n=2) |")
 
 
 def test_runs_from_each_seeds_own_fp32_model_aggregate(tmp_path):
