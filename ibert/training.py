@@ -224,9 +224,11 @@ def train_stage(name: str, model: IBertForSequenceClassification, ctx: RunContex
 
 
 @torch.no_grad()
-def observe_ranges(model: IBertForSequenceClassification, batches: Iterable[dict]) -> None:
+def observe_ranges(model: IBertForSequenceClassification, batches: Iterable[dict],
+                   smoothquant_alpha: float | None = None, smoothquant_gelu_alpha: float | None = None) -> None:
     """Post-training quantization: the fake-quant model's activation ranges observed (as in QAT: min/max, then an
-    EMA) on `batches` (collated inputs on the model's device), dropout off; no weight changes."""
+    EMA) on `batches` (collated inputs on the model's device), dropout off; then, for each alpha given, SmoothQuant
+    of the LayerNorm / i-GELU outputs from those ranges (the model built with `smoothquant` / `smoothquant_gelu`)."""
     model.train()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -234,15 +236,20 @@ def observe_ranges(model: IBertForSequenceClassification, batches: Iterable[dict
     for batch in batches:
         model(**batch)
     model.eval()
+    if smoothquant_alpha is not None:
+        model.ibert.smooth_layernorm_outputs(smoothquant_alpha)
+    if smoothquant_gelu_alpha is not None:
+        model.ibert.smooth_gelu_outputs(smoothquant_gelu_alpha)
 
 
 def calibrate(model: IBertForSequenceClassification, ctx: RunContext) -> float:
-    """`observe_ranges` on `recipe.calibration_samples` training examples, a seeded choice, in training batches.
-    Returns the seconds it took."""
+    """`observe_ranges` on `recipe.calibration_samples` training examples, a seeded choice, in training batches,
+    with the recipe's smoothing. Returns the seconds it took."""
     start, r, train = time.time(), ctx.cfg.recipe, ctx.data.train
     chosen = np.random.default_rng(ctx.cfg.seed).permutation(len(train))[:r.calibration_samples]
     observe_ranges(model, (to_device(ctx.data.collate([train[j] for j in chosen[i:i + r.batch_size]]), ctx.device)
-                           for i in range(0, len(chosen), r.batch_size)))
+                           for i in range(0, len(chosen), r.batch_size)),
+                   r.get("smoothquant_alpha"), r.get("smoothquant_gelu_alpha"))
     return time.time() - start
 
 
@@ -340,10 +347,6 @@ def run(cfg: DictConfig) -> dict:
                           smoothquant_gelu=alpha_gelu is not None)
             if stage == "ptq" or alpha is not None or alpha_gelu is not None:  # QAT smooths calibrated ranges
                 times[f"{stage}_calibration_s"] = calibrate(qmodel, ctx)
-            if alpha is not None:
-                qmodel.ibert.smooth_layernorm_outputs(alpha)
-            if alpha_gelu is not None:
-                qmodel.ibert.smooth_gelu_outputs(alpha_gelu)
             if stage != "ptq":
                 teacher = None
                 if cfg.recipe.get("distill"):

@@ -98,11 +98,7 @@ def main() -> None:
     alpha, alpha_gelu = args.smoothquant_alpha, args.smoothquant_gelu_alpha
     model = load_pretrained(IBertForSequenceClassification, args.model, quant_mode=True,
                             smoothquant=alpha is not None, smoothquant_gelu=alpha_gelu is not None)
-    observe_ranges(model, (collate(calib[i:i + 32]) for i in range(0, len(calib), 32)))
-    if alpha is not None:
-        model.ibert.smooth_layernorm_outputs(alpha)
-    if alpha_gelu is not None:
-        model.ibert.smooth_gelu_outputs(alpha_gelu)
+    observe_ranges(model, (collate(calib[i:i + 32]) for i in range(0, len(calib), 32)), alpha, alpha_gelu)
 
     def row(name: str, widened: list[torch.nn.Module]) -> dict:
         saved = [m.bits for m in widened]
