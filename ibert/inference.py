@@ -84,6 +84,15 @@ def logits_of(model: torch.nn.Module, collate: DataCollatorWithPadding, examples
     return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
 
 
+def divergence(task: glue.Task, logits: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far [n, num_labels] logits are from a reference model's on the same examples: KL(reference || these)
+    of the class distributions, mean over examples; regression: the mean squared difference of the scores."""
+    if task.labels is None:
+        return float(((logits - reference) ** 2).mean())
+    return float(torch.nn.functional.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True,
+                                            reduction="batchmean"))
+
+
 def predictions(task: glue.Task | None, logits: torch.Tensor) -> np.ndarray:
     """Class indices, or the score for a regression task."""
     return logits.squeeze(-1).numpy() if task is not None and task.labels is None else logits.argmax(-1).numpy()

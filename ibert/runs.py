@@ -58,6 +58,8 @@ def stage_identity(cfg: DictConfig, stage: str, world_size: int = 1, depends_on:
     values = {k: v for k, v in values.items() if v is not None or k not in _ADDED_LATER}
     if any(values.get(k) is not None for k in _SMOOTHING):  # QAT then starts from calibrated ranges
         values["recipe.calibration_samples"] = OmegaConf.select(cfg, "recipe.calibration_samples")
+    if any(isinstance(values.get(k), list) for k in _SMOOTHING):  # chosen on held-out training examples
+        values["recipe.selection_samples"] = OmegaConf.select(cfg, "recipe.selection_samples")
     values["world_size"] = world_size
     if depends_on:
         values.update({f"from.{k}": v for k, v in depends_on.items()})

@@ -7,6 +7,7 @@ processes, and rank 0 alone writes checkpoints, models, logs and results.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import kernels
 from ibert import atomic, glue
 from ibert.checkpoints import load_pretrained, offline_minilm_path
 from ibert.engine import convert_to_integer, load_integer, save_integer
-from ibert.inference import logits_of, predictions
+from ibert.inference import divergence, logits_of, predictions
 from ibert.loggers import RunLog, make_log
 from ibert.modeling import IBertForSequenceClassification
 from ibert.placement import World, init_world, to_device
@@ -37,6 +38,7 @@ from ibert.runs import check_identity, stage_identity
 
 log = logging.getLogger(__name__)
 DONE = "DONE"
+SELECTION = "smoothing_selection.json"  # in a PTQ / QAT stage that chose its smoothing on training data
 
 
 @dataclass
@@ -242,15 +244,60 @@ def observe_ranges(model: IBertForSequenceClassification, batches: Iterable[dict
         model.ibert.smooth_gelu_outputs(smoothquant_gelu_alpha)
 
 
-def calibrate(model: IBertForSequenceClassification, ctx: RunContext) -> float:
-    """`observe_ranges` on `recipe.calibration_samples` training examples, a seeded choice, in training batches,
-    with the recipe's smoothing. Returns the seconds it took."""
-    start, r, train = time.time(), ctx.cfg.recipe, ctx.data.train
-    chosen = np.random.default_rng(ctx.cfg.seed).permutation(len(train))[:r.calibration_samples]
-    observe_ranges(model, (to_device(ctx.data.collate([train[j] for j in chosen[i:i + r.batch_size]]), ctx.device)
-                           for i in range(0, len(chosen), r.batch_size)),
-                   r.get("smoothquant_alpha"), r.get("smoothquant_gelu_alpha"))
+Smoothing = tuple[float | None, float | None]  # (LayerNorm outputs' alpha, i-GELU outputs' alpha); None: per tensor
+
+
+def smoothing_candidates(recipe: DictConfig) -> list[Smoothing]:
+    """The smoothings `recipe.smoothquant_alpha` / `smoothquant_gelu_alpha` allow: a value each, or, where either
+    is a list, every combination (to choose from on training data, `choose_smoothing`)."""
+    def as_list(key: str) -> list:
+        v = recipe.get(key)
+        if not (isinstance(v, (list, tuple)) or OmegaConf.is_list(v)):
+            return [v]
+        if not v:
+            raise ValueError(f"recipe.{key} is an empty list: give an alpha, a list of them, or null")
+        return list(v)
+
+    return list(itertools.product(as_list("smoothquant_alpha"), as_list("smoothquant_gelu_alpha")))
+
+
+def training_choice(ctx: RunContext) -> tuple[list[dict], list[dict]]:
+    """(calibration examples, held-out selection examples): `recipe.calibration_samples` then the next
+    `recipe.selection_samples` of a seeded permutation of the training set, so never the same examples."""
+    r, train = ctx.cfg.recipe, ctx.data.train
+    order = np.random.default_rng(ctx.cfg.seed).permutation(len(train))
+    n, held_out = r.calibration_samples, r.get("selection_samples") or 0
+    return [train[j] for j in order[:n]], [train[j] for j in order[n:n + held_out]]
+
+
+def calibrate(model: IBertForSequenceClassification, ctx: RunContext, smoothing: Smoothing) -> float:
+    """`observe_ranges` on the calibration examples (`training_choice`), in training batches, then `smoothing`.
+    Returns the seconds it took."""
+    start, bs = time.time(), ctx.cfg.recipe.batch_size
+    examples = training_choice(ctx)[0]
+    observe_ranges(model, (to_device(ctx.data.collate(examples[i:i + bs]), ctx.device)
+                           for i in range(0, len(examples), bs)), *smoothing)
     return time.time() - start
+
+
+def choose_smoothing(candidates: list[Smoothing], load_quant: Callable[[Smoothing], torch.nn.Module],
+                     fp32: torch.nn.Module, ctx: RunContext) -> tuple[Smoothing, list[dict]]:
+    """The candidate whose calibrated fake-quant model is closest to `fp32` (`inference.divergence`: KL of the class
+    distributions, or the scores' squared error) on held-out training examples; with every candidate's score."""
+    held_out = training_choice(ctx)[1]
+    if not held_out:
+        raise ValueError("choosing among several smoothquant alphas needs recipe.selection_samples > 0 (training "
+                         "examples held out from calibration, to score each candidate on)")
+    bs = ctx.cfg.recipe.eval_batch_size
+    reference = logits_of(fp32.eval(), ctx.data.collate, held_out, bs)
+    scored = []
+    for smoothing in candidates:
+        model = load_quant(smoothing)
+        calibrate(model, ctx, smoothing)
+        scored.append({"smoothquant_alpha": smoothing[0], "smoothquant_gelu_alpha": smoothing[1],
+                       "divergence": divergence(ctx.task, logits_of(model, ctx.data.collate, held_out, bs), reference)})
+    best = min(scored, key=lambda c: c["divergence"])
+    return (best["smoothquant_alpha"], best["smoothquant_gelu_alpha"]), scored
 
 
 def finish_stage(name: str, model, tokenizer, ctx: RunContext) -> None:
@@ -342,11 +389,26 @@ def run(cfg: DictConfig) -> dict:
         quant_identity = stage_identity(cfg, stage, world.size, fp32_identity)
         check(out / stage, quant_identity)
         if not (out / stage / DONE).exists():
-            alpha, alpha_gelu = cfg.recipe.get("smoothquant_alpha"), cfg.recipe.get("smoothquant_gelu_alpha")
-            qmodel = load(init, quant_mode=True, force_dequant=cfg.force_dequant, smoothquant=alpha is not None,
-                          smoothquant_gelu=alpha_gelu is not None)
-            if stage == "ptq" or alpha is not None or alpha_gelu is not None:  # QAT smooths calibrated ranges
-                times[f"{stage}_calibration_s"] = calibrate(qmodel, ctx)
+            load_quant = lambda smoothing: load(init, quant_mode=True, force_dequant=cfg.force_dequant,
+                                                smoothquant=smoothing[0] is not None,
+                                                smoothquant_gelu=smoothing[1] is not None)
+            candidates = smoothing_candidates(cfg.recipe)
+            if len(candidates) > 1:
+                t = time.time()
+                fp32 = models["fp32"] if "fp32" in models else load(init, quant_mode=False)
+                smoothing, scored = choose_smoothing(candidates, load_quant, fp32, ctx)
+                times["smoothing_selection_s"] = time.time() - t
+                if world.main:
+                    atomic.write_file(out / stage / SELECTION, lambda p: Path(p).write_text(json.dumps(
+                        {"chosen": dict(zip(("smoothquant_alpha", "smoothquant_gelu_alpha"), smoothing)),
+                         "candidates": scored}, indent=2)))
+                log.info("smoothing chosen on %d held-out training examples: %s", cfg.recipe.selection_samples,
+                         smoothing)
+            else:
+                smoothing = candidates[0]
+            qmodel = load_quant(smoothing)
+            if stage == "ptq" or smoothing != (None, None):  # QAT smooths calibrated ranges
+                times[f"{stage}_calibration_s"] = calibrate(qmodel, ctx, smoothing)
             if stage != "ptq":
                 teacher = None
                 if cfg.recipe.get("distill"):
@@ -393,6 +455,8 @@ def run(cfg: DictConfig) -> dict:
         checks["agreement_with_fp32"] = {
             path: {split: glue.agreement(task, p[split], preds["fp32"][split]) for split in p}
             for path, p in preds.items() if path != "fp32"}
+    if quant and (out / cfg.path.name / SELECTION).exists():
+        checks["smoothing_selection"] = json.loads((out / cfg.path.name / SELECTION).read_text())
     results = {
         "task": task.name, "main_metric": task.main_metric, "metrics": metrics, "times_s": times, **checks,
         "seed": cfg.seed, "world_size": world.size, "git_commit": commit,

@@ -73,10 +73,12 @@ def main_value(r: dict, path: str) -> float | None:
 
 def smoothquant(config: dict) -> str:
     """', smoothquant <alpha>' for a run with per-channel LayerNorm outputs, ', smoothquant gelu <alpha>' for
-    per-channel i-GELU outputs (both, when both), else ''."""
+    per-channel i-GELU outputs (both, when both), else ''; a list of alphas to choose from: '<a>/<b>' (null: 'off')."""
     recipe = config.get("recipe") or {}
-    return "".join(f", smoothquant{site} {recipe[key]:g}" for key, site in
-                   (("smoothquant_alpha", ""), ("smoothquant_gelu_alpha", " gelu")) if recipe.get(key) is not None)
+    alpha = lambda v: "off" if v is None else f"{v:g}"
+    return "".join(f", smoothquant{site} " + ("/".join(map(alpha, v)) if isinstance(v, list) else alpha(v))
+                   for key, site in (("smoothquant_alpha", ""), ("smoothquant_gelu_alpha", " gelu"))
+                   if (v := recipe.get(key)) is not None)
 
 
 def label(r: dict) -> str:

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import DataCollatorWithPadding
 
 from ibert import atomic, glue
 from ibert.checkpoints import load_pretrained
-from ibert.inference import encode, examples_of, load_tokenizer, logits_of, predictions
+from ibert.inference import divergence, encode, examples_of, load_tokenizer, logits_of, predictions
 from ibert.modeling import IBertForSequenceClassification
 from ibert.quant import IntSoftmax, QuantAct, QuantEmbedding, QuantLinear
 from ibert.training import observe_ranges
@@ -50,16 +49,10 @@ def groups(model: torch.nn.Module, bits: int, per_layer: bool) -> dict[str, list
 
 
 def scores(task: glue.Task, logits: torch.Tensor, fp32_logits: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
-    p, ref = predictions(task, logits), predictions(task, fp32_logits)
-    if task.labels is None:
-        agree = 100 * float(np.corrcoef(p, ref)[0, 1])
-        gap = float(((logits - fp32_logits) ** 2).mean())
-    else:
-        agree = 100 * float((p == ref).mean())
-        gap = float(F.kl_div(logits.log_softmax(-1), fp32_logits.log_softmax(-1), log_target=True,
-                             reduction="batchmean"))
-    return {task.main_metric: glue.compute_metrics(task, p, labels)[task.main_metric], "agreement": agree,
-            "divergence": gap}
+    p = predictions(task, logits)
+    return {task.main_metric: glue.compute_metrics(task, p, labels)[task.main_metric],
+            "agreement": glue.agreement(task, p, predictions(task, fp32_logits)),
+            "divergence": divergence(task, logits, fp32_logits)}
 
 
 def main() -> None:

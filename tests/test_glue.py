@@ -302,6 +302,35 @@ def saved_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return {f"{stage}/{k}": v for stage, f in files.items() for k, v in load_file(run_dir / f).items()}
 
 
+def test_ptq_chooses_its_smoothing_on_held_out_training_examples(tiny_setup, tmp_path):
+    from ibert.training import run
+
+    model_dir, glue_dir = tiny_setup
+    base = [o for o in tiny_overrides(model_dir, glue_dir, tmp_path) if not o.startswith("hydra")]
+    run(compose_cfg(base + [f"output_dir={tmp_path / 'fp32'}", "path=fp32", "quant_mode=false"]))
+    ptq = base + ["path=ptq", "recipe.calibration_samples=20", f"init_from={tmp_path / 'fp32' / 'fp32' / 'model'}"]
+    chose = run(compose_cfg(ptq + [f"output_dir={tmp_path / 'chosen'}", "recipe.smoothquant_alpha=[0.5,1.0]",
+                                   "recipe.smoothquant_gelu_alpha=[null,1.0]", "recipe.selection_samples=16"]))
+    selection = chose["smoothing_selection"]
+    assert [(c["smoothquant_alpha"], c["smoothquant_gelu_alpha"]) for c in selection["candidates"]] == [
+        (0.5, None), (0.5, 1.0), (1.0, None), (1.0, 1.0)]
+    best = min(selection["candidates"], key=lambda c: c["divergence"])
+    assert selection["chosen"] == {k: best[k] for k in ("smoothquant_alpha", "smoothquant_gelu_alpha")}
+    assert chose["integer_equals_fake_quant"] and "smoothing_selection_s" in chose["times_s"]
+    identity = json.loads((tmp_path / "chosen" / "ptq" / "identity.json").read_text())
+    assert identity["recipe.selection_samples"] == 16 and identity["recipe.smoothquant_alpha"] == [0.5, 1.0]
+    fixed = [f"recipe.smoothquant_gelu_alpha={'null' if best['smoothquant_gelu_alpha'] is None else 1.0}",
+             f"recipe.smoothquant_alpha={best['smoothquant_alpha']}"]
+    given = run(compose_cfg(ptq + [f"output_dir={tmp_path / 'given'}", *fixed]))  # the same calibration
+    assert given["metrics"] == chose["metrics"] and "smoothing_selection" not in given
+    assert chose["agreement_with_fp32"] == given["agreement_with_fp32"]
+    with pytest.raises(ValueError, match="needs recipe.selection_samples > 0"):
+        run(compose_cfg(ptq + [f"output_dir={tmp_path / 'none'}", "recipe.smoothquant_alpha=[0.5,1.0]",
+                               "recipe.selection_samples=0"]))
+    with pytest.raises(ValueError, match="recipe.smoothquant_alpha is an empty list"):
+        run(compose_cfg(ptq + [f"output_dir={tmp_path / 'empty'}", "recipe.smoothquant_alpha=[]"]))
+
+
 def test_resume_after_kill_is_exact(tiny_setup, tmp_path):
     """Killed at a checkpoint of each stage and started again, a run ends with the same parameters, activation
     ranges and integer engine, bit for bit, as a run never interrupted."""

@@ -141,3 +141,5 @@ def test_smoothquant_runs_are_their_own_experiment(tmp_path):
     assert set(report.fidelity(groups, [])["sst2"]) == {"ours qat", "ours qat, smoothquant 1"}
     r["config"]["recipe"]["smoothquant_gelu_alpha"] = 0.5
     assert report.label(r) == "sst2 (minilm, qat, force_dequant=none, smoothquant 1, smoothquant gelu 0.5)"
+    r["config"]["recipe"].update(smoothquant_alpha=[0.5, 1.0], smoothquant_gelu_alpha=[None, 1.0])  # chosen per run
+    assert report.label(r) == "sst2 (minilm, qat, force_dequant=none, smoothquant 0.5/1, smoothquant gelu off/1)"
