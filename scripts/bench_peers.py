@@ -2,6 +2,7 @@
 
     pip install -e ".[peers]"
     python scripts/bench_peers.py [--size roberta-base|minilm] [--layers N] [--grid] [--rounds 7]   # random weights
+    python scripts/bench_peers.py --profile [--batch 8 --seq 128]   # time per layer stage, OpenVINO int8 and ours
     python scripts/bench_peers.py --glue rte --runs multirun/rte/minilm/qat-none-seed{1,2,3}   # dev accuracy
 
 Speed: one set of random roberta-base weights in transformers fp32, torch bf16 (`model.bfloat16()`), ONNX Runtime
@@ -119,10 +120,11 @@ def onnxruntime_int8(model: torch.nn.Module, example: Inputs, workdir: Path, thr
     return run, isa
 
 
-def openvino(model: torch.nn.Module, example: Inputs, calibration: list[Inputs] | None,
-             threads: int) -> tuple[Run, str]:
-    """OpenVINO on the CPU: its default precision, or int8 from NNCF's post-training quantization (calibrated on
-    `calibration`, `ModelType.TRANSFORMER`: softmax, LayerNorm and GELU stay in floating point)."""
+def openvino_compiled(model: torch.nn.Module, example: Inputs, calibration: list[Inputs] | None, threads: int,
+                      perf_count: bool = False):
+    """`model` compiled by OpenVINO for the CPU (an `ov.CompiledModel`): at its default precision, or int8 from
+    NNCF's post-training quantization (calibrated on `calibration`, `ModelType.TRANSFORMER`: softmax, LayerNorm and
+    GELU stay in floating point). `perf_count`: with per-node timings (`get_profiling_info`)."""
     import openvino as ov
 
     names = [n for n in NAMES if n in example]
@@ -133,8 +135,14 @@ def openvino(model: torch.nn.Module, example: Inputs, calibration: list[Inputs] 
         data = nncf.Dataset([{n: c[n].numpy() for n in names} for c in calibration])
         ov_model = nncf.quantize(ov_model, data, model_type=nncf.ModelType.TRANSFORMER,
                                  subset_size=len(calibration))
-    core = ov.Core()
-    compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    return ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": perf_count})
+
+
+def openvino(model: torch.nn.Module, example: Inputs, calibration: list[Inputs] | None,
+             threads: int) -> tuple[Run, str]:
+    """OpenVINO on the CPU (`openvino_compiled`) and what it runs on."""
+    names = [n for n in NAMES if n in example]
+    compiled = openvino_compiled(model, example, calibration, threads)
 
     def run(x: Inputs) -> np.ndarray:
         return compiled({n: x[n].numpy() for n in names})[0]
@@ -274,6 +282,70 @@ def glue_accuracy(args: argparse.Namespace) -> None:
                 f"{device_name('cpu')})", rows, list(rows[0]))
 
 
+# A node of OpenVINO's runtime graph of the twin -> the engine stage it belongs to (by the name of the transformers
+# module it came from; the first pattern that matches wins).
+OV_STAGES = (("attention.self.query", "linear (QKV)"), ("attention.self.key", "linear (QKV)"),
+             ("attention.self.value", "linear (QKV)"), ("attention.self", "attention"),
+             ("attention.output.dense", "linear (attention output, residual)"),
+             ("attention.output.LayerNorm", "layernorm"), ("intermediate", "linear (FFN in, i-GELU)"),
+             ("output.dense", "linear (FFN out, residual)"), ("output.LayerNorm", "layernorm"),
+             ("output", "linear (FFN out, residual)"), ("attention.output", "linear (attention output, residual)"))
+
+
+def ov_stage(node_name: str) -> str:
+    if ".layer." not in node_name:
+        return "outside the encoder layers"
+    return next((stage for pattern, stage in OV_STAGES if pattern in node_name), "other, in the layers")
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Where the time of one forward goes, per encoder-layer stage: OpenVINO int8 (its per-node profiling
+    counters, with the kernels that ran) beside our engine (the torch profiler's ranges of `encoder_layer_cpp`)."""
+    threads, dev = torch.get_num_threads(), device_name("cpu")
+    layers = args.layers or 12
+    config = dict(**roberta_base(layers), type_vocab_size=1, pad_token_id=1)
+    torch.manual_seed(0)
+    ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**config)).eval()
+    fake = ibert.IBertModel(ibert.IBertConfig(**config, quant_mode=True))
+    fake.load_state_dict(ours_fp32.state_dict(), strict=False)
+    calibrate(fake, make_inputs(8, 128, "cpu"))
+    engine = convert_to_integer(fake)
+    twin = roberta_twin(ours_fp32)
+    compiled = openvino_compiled(twin, make_inputs(2, 16, "cpu"), [make_inputs(2, 128, "cpu") for _ in range(4)],
+                                 threads, perf_count=True)
+    x = make_inputs(args.batch, args.seq, "cpu")
+    request, feed = compiled.create_infer_request(), {n: x[n].numpy() for n in NAMES if n in x}
+    ov_ms, ov_kernels = Counter(), {}
+    for i in range(args.rounds + 1):  # the first: warm-up
+        request.infer(feed)
+        for node in request.get_profiling_info():
+            if i and node.status.name == "EXECUTED":
+                stage = ov_stage(node.node_name)
+                ov_ms[stage] += node.real_time.total_seconds() * 1000 / args.rounds
+                ov_kernels.setdefault(stage, Counter())[node.exec_type] += 1
+    with torch.no_grad():
+        engine(**x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(args.rounds):
+                engine(**x)
+    ours_ms = {e.key: e.cpu_time_total / 1000 / args.rounds for e in prof.key_averages()}
+    stages = list(dict.fromkeys(stage for _, stage in OV_STAGES))
+    rows = []
+    for stage in stages + ["other, in the layers", "outside the encoder layers"]:
+        ours = ours_ms.get(stage)
+        kinds = ov_kernels.get(stage, Counter())
+        rows.append({"stage": stage, "ours ms / layer": f"{ours / layers:.2f}" if ours else "",
+                     "OpenVINO int8 ms / layer": f"{ov_ms[stage] / layers:.2f}" if stage in ov_ms else "",
+                     "OpenVINO kernels (nodes a forward)": ", ".join(f"{k} x{v // args.rounds}"
+                                                                     for k, v in kinds.most_common(4))})
+    total = ours_ms.get("ibert::encoder_layer_cpp", 0.0)
+    rows.append({"stage": "layer (ours: the whole op)", "ours ms / layer": f"{total / layers:.2f}",
+                 "OpenVINO int8 ms / layer": f"{sum(v for k, v in ov_ms.items() if 'outside' not in k) / layers:.2f}",
+                 "OpenVINO kernels (nodes a forward)": ""})
+    print_table(f"time per encoder layer, batch {args.batch} x seq {args.seq}, roberta-base size ({dev}; "
+                f"ours {kernels.cpu_isa()}; {args.rounds} forwards)", rows, list(rows[0]))
+
+
 def _chunks(items: list, n: int) -> list[list]:
     return [items[i:i + n] for i in range(0, len(items), n)]
 
@@ -284,6 +356,10 @@ def main() -> None:
     p.add_argument("--layers", type=int, help="default: the size's own (12, 6)")
     p.add_argument("--grid", action="store_true", help="the paper's latency grid (seq 128/256 x batch 1/2/4/8)")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--profile", action="store_true",
+                   help="time per encoder-layer stage, OpenVINO int8 beside our engine, at --batch x --seq")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
     p.add_argument("--glue", metavar="TASK", help="the accuracy variant on this task's dev set")
     p.add_argument("--runs", nargs="+", default=[], help="run directories (with fp32/model) for --glue")
     p.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR"), help="glue_data/ folder (default $GLUE_DIR)")
@@ -296,6 +372,8 @@ def main() -> None:
         if not args.runs:
             p.error("--glue needs --runs")
         glue_accuracy(args)
+    elif args.profile:
+        profile(args)
     else:
         latency(args)
 

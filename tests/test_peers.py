@@ -94,3 +94,19 @@ def test_glue_accuracy_variant_on_a_tiny_run(tmp_path):
                           "ours integer-only (QAT)"}
     assert impls["ours fp32"]["agreement_with_fp32"] == 100.0
     assert all(0 <= v["metrics"]["accuracy"] <= 100 for v in impls.values())
+
+
+def test_profile_assigns_every_openvino_node_in_a_layer_to_a_stage():
+    """--profile: each node OpenVINO int8 runs inside an encoder layer belongs to one of the engine's stages, and
+    every stage gets some."""
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    twin = bench_peers.roberta_twin(ibert.IBertModel(ibert.IBertConfig(**TINY)).eval())
+    compiled = bench_peers.openvino_compiled(twin, inputs(2, 8), [inputs() for _ in range(2)], threads=1,
+                                             perf_count=True)
+    request = compiled.create_infer_request()
+    request.infer({k: v.numpy() for k, v in inputs().items()})
+    stages = {bench_peers.ov_stage(node.node_name) for node in request.get_profiling_info()
+              if node.status.name == "EXECUTED"}
+    assert "other, in the layers" not in stages
+    assert {stage for _, stage in bench_peers.OV_STAGES} <= stages
