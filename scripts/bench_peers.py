@@ -170,6 +170,17 @@ def peers(twin: torch.nn.Module, example: Inputs, calibration: list[Inputs], wor
     }
 
 
+def random_models(config: dict, vocab: int) -> tuple[ibert.IBertModel, torch.nn.Module, torch.nn.Module]:
+    """One set of random weights (seed 0) of `config`'s shape as our fp32 model, our integer engine (calibrated on
+    8 x 128 random tokens below `vocab`) and the transformers RoBERTa twin the peers get."""
+    torch.manual_seed(0)
+    ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**config)).eval()
+    fake = ibert.IBertModel(ibert.IBertConfig(**config, quant_mode=True))
+    fake.load_state_dict(ours_fp32.state_dict(), strict=False)
+    calibrate(fake, make_inputs(8, 128, "cpu", vocab))
+    return ours_fp32, convert_to_integer(fake), roberta_twin(ours_fp32)
+
+
 def latency(args: argparse.Namespace) -> None:
     threads = torch.get_num_threads()
     dev = device_name("cpu")
@@ -178,14 +189,7 @@ def latency(args: argparse.Namespace) -> None:
         config.update(vocab_size=30522, hidden_size=384, num_hidden_layers=args.layers or 6, intermediate_size=1536)
     size, vocab = f"{args.size} size, {config['num_hidden_layers']} layers", min(config["vocab_size"], 50000)
     print(f"device: {dev}; our integer ops: {kernels.cpu_isa()}; {size}")
-    torch.manual_seed(0)
-    ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**config)).eval()
-    fake = ibert.IBertModel(ibert.IBertConfig(**config, quant_mode=True))
-    fake.load_state_dict(ours_fp32.state_dict(), strict=False)
-    calib = make_inputs(8, 128, "cpu", vocab)
-    calibrate(fake, calib)
-    engine = convert_to_integer(fake)
-    twin = roberta_twin(ours_fp32)
+    ours_fp32, engine, twin = random_models(config, vocab)
     with tempfile.TemporaryDirectory() as tmp:
         impls = peers(twin, make_inputs(2, 16, "cpu", vocab), [make_inputs(2, 128, "cpu", vocab) for _ in range(4)],
                       Path(tmp), threads)
@@ -304,13 +308,7 @@ def profile(args: argparse.Namespace) -> None:
     threads, dev = torch.get_num_threads(), device_name("cpu")
     layers = args.layers or 12
     config = dict(**roberta_base(layers), type_vocab_size=1, pad_token_id=1)
-    torch.manual_seed(0)
-    ours_fp32 = ibert.IBertModel(ibert.IBertConfig(**config)).eval()
-    fake = ibert.IBertModel(ibert.IBertConfig(**config, quant_mode=True))
-    fake.load_state_dict(ours_fp32.state_dict(), strict=False)
-    calibrate(fake, make_inputs(8, 128, "cpu"))
-    engine = convert_to_integer(fake)
-    twin = roberta_twin(ours_fp32)
+    _, engine, twin = random_models(config, 50000)
     compiled = openvino_compiled(twin, make_inputs(2, 16, "cpu"), [make_inputs(2, 128, "cpu") for _ in range(4)],
                                  threads, perf_count=True)
     x = make_inputs(args.batch, args.seq, "cpu")
