@@ -181,13 +181,18 @@ def random_models(config: dict, vocab: int) -> tuple[ibert.IBertModel, torch.nn.
     return ours_fp32, convert_to_integer(fake), roberta_twin(ours_fp32)
 
 
-def latency(args: argparse.Namespace) -> None:
-    threads = torch.get_num_threads()
-    dev = device_name("cpu")
+def model_shape(args: argparse.Namespace) -> tuple[dict, int, str]:
+    """The model config of `--size` / `--layers`, the token ids to draw inputs below, and its label."""
     config = dict(**roberta_base(args.layers or 12), type_vocab_size=1, pad_token_id=1)
     if args.size == "minilm":  # all-MiniLM-L6-v2's shape
         config.update(vocab_size=30522, hidden_size=384, num_hidden_layers=args.layers or 6, intermediate_size=1536)
-    size, vocab = f"{args.size} size, {config['num_hidden_layers']} layers", min(config["vocab_size"], 50000)
+    return config, min(config["vocab_size"], 50000), f"{args.size} size, {config['num_hidden_layers']} layers"
+
+
+def latency(args: argparse.Namespace) -> None:
+    threads = torch.get_num_threads()
+    dev = device_name("cpu")
+    config, vocab, size = model_shape(args)
     print(f"device: {dev}; our integer ops: {kernels.cpu_isa()}; {size}")
     ours_fp32, engine, twin = random_models(config, vocab)
     with tempfile.TemporaryDirectory() as tmp:
@@ -306,12 +311,12 @@ def profile(args: argparse.Namespace) -> None:
     """Where the time of one forward goes, per encoder-layer stage: OpenVINO int8 (its per-node profiling
     counters, with the kernels that ran) beside our engine (the torch profiler's ranges of `encoder_layer_cpp`)."""
     threads, dev = torch.get_num_threads(), device_name("cpu")
-    layers = args.layers or 12
-    config = dict(**roberta_base(layers), type_vocab_size=1, pad_token_id=1)
-    _, engine, twin = random_models(config, 50000)
-    compiled = openvino_compiled(twin, make_inputs(2, 16, "cpu"), [make_inputs(2, 128, "cpu") for _ in range(4)],
-                                 threads, perf_count=True)
-    x = make_inputs(args.batch, args.seq, "cpu")
+    config, vocab, size = model_shape(args)
+    layers = config["num_hidden_layers"]
+    _, engine, twin = random_models(config, vocab)
+    compiled = openvino_compiled(twin, make_inputs(2, 16, "cpu", vocab),
+                                 [make_inputs(2, 128, "cpu", vocab) for _ in range(4)], threads, perf_count=True)
+    x = make_inputs(args.batch, args.seq, "cpu", vocab)
     request, feed = compiled.create_infer_request(), {n: x[n].numpy() for n in NAMES if n in x}
     ov_ms, ov_kernels = Counter(), {}
     for i in range(args.rounds + 1):  # the first: warm-up
@@ -340,7 +345,7 @@ def profile(args: argparse.Namespace) -> None:
     rows.append({"stage": "layer (ours: the whole op)", "ours ms / layer": f"{total / layers:.2f}",
                  "OpenVINO int8 ms / layer": f"{sum(v for k, v in ov_ms.items() if 'outside' not in k) / layers:.2f}",
                  "OpenVINO kernels (nodes a forward)": ""})
-    print_table(f"time per encoder layer, batch {args.batch} x seq {args.seq}, roberta-base size ({dev}; "
+    print_table(f"time per encoder layer, batch {args.batch} x seq {args.seq}, {size} ({dev}; "
                 f"ours {kernels.cpu_isa()}; {args.rounds} forwards)", rows, list(rows[0]))
 
 

@@ -1,4 +1,5 @@
 """scripts/bench_peers.py: the peers get our fp32 model exactly, and each peer runs it."""
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -94,6 +95,15 @@ def test_glue_accuracy_variant_on_a_tiny_run(tmp_path):
                           "ours integer-only (QAT)"}
     assert impls["ours fp32"]["agreement_with_fp32"] == 100.0
     assert all(0 <= v["metrics"]["accuracy"] <= 100 for v in impls.values())
+
+
+@pytest.mark.parametrize("size, layers_flag, hidden, layers",
+                         [("roberta-base", None, 768, 12), ("minilm", None, 384, 6), ("minilm", 2, 384, 2)])
+def test_model_shape_follows_size_and_layers(size, layers_flag, hidden, layers):
+    """--size and --layers shape both the latency and the profile models."""
+    config, vocab, label = bench_peers.model_shape(argparse.Namespace(size=size, layers=layers_flag))
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (hidden, layers)
+    assert vocab <= config["vocab_size"] and f"{layers} layers" in label
 
 
 def test_profile_assigns_every_openvino_node_in_a_layer_to_a_stage():
