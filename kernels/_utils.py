@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -26,7 +27,11 @@ def set_compile(enabled: bool) -> None:
 
 
 def maybe_compiled(fn: Callable) -> Callable:
-    """`fn`, or its `torch.compile`d twin while `set_compile(True)` is in force."""
+    """`fn`, or its `torch.compile`d twin while `set_compile(True)` is in force.
+
+    The twin's first result is compared with `fn`'s, exactly; where they differ (inductor's AVX2 code for int64
+    graphs is wrong on AVX-512 CPUs under ATEN_CPU_CAPABILITY=avx2), `fn` runs from then on, with a warning.
+    """
     compiled = None
 
     @functools.wraps(fn)
@@ -34,11 +39,30 @@ def maybe_compiled(fn: Callable) -> Callable:
         nonlocal compiled
         if not _COMPILE["on"]:
             return fn(*args, **kwargs)
-        if compiled is None:
-            compiled = torch.compile(fn, dynamic=True)
-        return compiled(*args, **kwargs)
+        if compiled is not None:
+            return compiled(*args, **kwargs)
+        twin = torch.compile(fn, dynamic=True)
+        got = twin(*args, **kwargs)
+        with torch.no_grad():
+            want = fn(*args, **kwargs)
+        if _same(got, want):
+            compiled = twin
+            return got
+        warnings.warn(f"torch.compile of {fn.__qualname__} gave other results than eager on its first call: "
+                      f"running it eagerly", RuntimeWarning, stacklevel=2)
+        compiled = fn
+        return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _same(a, b) -> bool:
+    """Equal structures of exactly equal tensors (dtype and shape too) and equal other values."""
+    flat_a, spec_a = torch.utils._pytree.tree_flatten(a)
+    flat_b, spec_b = torch.utils._pytree.tree_flatten(b)
+    return spec_a == spec_b and all(
+        x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+        for x, y in zip(flat_a, flat_b))
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:

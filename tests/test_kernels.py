@@ -1,5 +1,6 @@
 """Triton kernels (interpreter on the CPU) against their torch references: exactly equal."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -488,7 +489,25 @@ def test_compiled_torch_backend_is_identical():
     eager = [f() for f in calls]
     kernels.set_compile(True)
     try:
-        assert all(torch.equal(f(), ref) for f, ref in zip(calls, eager))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # the compiled graphs themselves agree, no fallback
+            assert all(torch.equal(f(), ref) for f, ref in zip(calls, eager))
+    finally:
+        kernels.set_compile(False)
+
+
+def test_a_compiled_graph_that_disagrees_with_eager_falls_back(monkeypatch):
+    """maybe_compiled checks the compiled twin's first result against eager and keeps eager when they differ."""
+    from kernels import _utils
+
+    monkeypatch.setattr(_utils.torch, "compile", lambda fn, **kw: lambda *a, **k: fn(*a, **k) + 1)
+    twice = _utils.maybe_compiled(lambda x: 2 * x)
+    x = torch.arange(6)
+    kernels.set_compile(True)
+    try:
+        with pytest.warns(RuntimeWarning, match="other results than eager"):
+            assert torch.equal(twice(x), 2 * x)
+        assert torch.equal(twice(x), 2 * x)  # eager from then on
     finally:
         kernels.set_compile(False)
 
